@@ -1,0 +1,75 @@
+"""sheepdog: run a Python function over many argument tuples as one array job.
+
+    >>> import sheepdog
+    >>> def f(a, b):
+    ...     return a + b
+    >>> sheepdog.map(f, [(1, 1), (1, 2), (2, 2)])   # doctest: +SKIP
+    [2, 3, 4]
+
+Without ``host`` the array runs on this machine, through a private broker
+that sheepdog starts itself. See README.md and docs/configuration.md.
+
+The public names are resolved on first use (PEP 562): an array task imports
+``sheepdog.worker_bootstrap`` thousands of times, and must not pay for the
+submitter's imports each time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.3.0.dev0"
+
+#: Public name -> module that defines it.
+_EXPORTS = {
+    "map": "sheepdog.submitter.api",
+    "map_async": "sheepdog.submitter.api",
+    "get_results": "sheepdog.submitter.api",
+    "get_errors": "sheepdog.submitter.api",
+    "cancel": "sheepdog.submitter.api",
+    "Settings": "sheepdog.submitter.config",
+    "SheepdogError": "sheepdog.errors",
+    "ConfigError": "sheepdog.errors",
+    "BrokerError": "sheepdog.errors",
+    "SerialisationError": "sheepdog.errors",
+    "IntegrityError": "sheepdog.errors",
+    "SubmitError": "sheepdog.errors",
+    "RequestNotFound": "sheepdog.errors",
+    "RequestFailed": "sheepdog.errors",
+    "TaskErrors": "sheepdog.errors",
+    "TaskFailure": "sheepdog.errors",
+    "ResultsTimeout": "sheepdog.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from sheepdog.errors import (
+        BrokerError,
+        ConfigError,
+        IntegrityError,
+        RequestFailed,
+        RequestNotFound,
+        ResultsTimeout,
+        SerialisationError,
+        SheepdogError,
+        SubmitError,
+        TaskErrors,
+        TaskFailure,
+    )
+    from sheepdog.submitter.api import cancel, get_errors, get_results, map, map_async
+    from sheepdog.submitter.config import Settings
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sheepdog' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

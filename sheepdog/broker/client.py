@@ -1,0 +1,191 @@
+"""The broker's operations, the only code that talks Redis commands.
+
+Submitter, collator, local runner and worker all go through ``Broker``; key
+names come from ``keys`` and multi-key changes from ``scripts``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+from sheepdog.broker import keys, scripts
+from sheepdog.broker.connection import connect
+from sheepdog.errors import BrokerError
+
+#: Tasks pushed per pipeline round trip when a request is created.
+PUSH_BATCH = 2000
+
+StreamEntry = tuple[str, dict[str, bytes]]
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Broker:
+    """One broker, identified by the uuid it keeps in ``sheepdog:broker``."""
+
+    def __init__(self, client: redis.Redis, url: str) -> None:
+        self.client = client
+        self.url = url
+        self._record = client.register_script(scripts.RECORD)
+        self._reject = client.register_script(scripts.REJECT)
+        self._cancel = client.register_script(scripts.CANCEL)
+        self.broker_id = self._identity()
+
+    @classmethod
+    def from_url(cls, url: str, *, attempts: int = 1) -> Broker:
+        return cls(connect(url, attempts=attempts), url)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _identity(self) -> str:
+        # HSETNX makes the first submitter's uuid the broker's for ever.
+        self.client.hsetnx(keys.broker(), "id", str(uuid.uuid4()))
+        self.client.hsetnx(keys.broker(), "schema", keys.SCHEMA_VERSION)
+        schema = _text(self.client.hget(keys.broker(), "schema"))
+        if schema != keys.SCHEMA_VERSION:
+            raise BrokerError(
+                f"the broker holds sheepdog key schema {schema}, this sheepdog uses"
+                f" {keys.SCHEMA_VERSION}; use a matching sheepdog version or another broker"
+            )
+        return str(_text(self.client.hget(keys.broker(), "id")))
+
+    # -- requests -----------------------------------------------------------
+
+    def new_request_id(self) -> int:
+        return int(self.client.incr(keys.seq()))
+
+    def create_request(
+        self,
+        request_id: int,
+        meta: Mapping[str, str | int],
+        func_payload: bytes,
+        task_payloads: Iterable[bytes],
+    ) -> None:
+        """Store meta, function and tasks (indices from 1) in batched round trips."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(keys.meta(request_id), mapping=dict(meta))
+        pipe.set(keys.func(request_id), func_payload)
+        pipe.zadd(keys.requests(), {str(request_id): time.time()})
+        batch: dict[int, bytes] = {}
+        for index, payload in enumerate(task_payloads, start=1):
+            batch[index] = payload
+            if len(batch) == PUSH_BATCH:
+                pipe.hset(keys.tasks(request_id), mapping=batch)  # type: ignore[arg-type]
+                pipe.execute()
+                batch = {}
+        if batch:
+            pipe.hset(keys.tasks(request_id), mapping=batch)  # type: ignore[arg-type]
+        pipe.execute()
+
+    def delete_request(self, request_id: int) -> None:
+        self.client.delete(*keys.request_keys(request_id))
+        self.client.zrem(keys.requests(), str(request_id))
+
+    def set_meta(self, request_id: int, **fields: str | int) -> None:
+        self.client.hset(keys.meta(request_id), mapping=fields)  # type: ignore[arg-type]
+
+    def meta(self, request_id: int) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self.client.hgetall(keys.meta(request_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def pending(self, request_id: int) -> int:
+        """Tasks that have no outcome yet."""
+        return int(self.client.hlen(keys.tasks(request_id)))
+
+    def pending_indices(self, request_id: int) -> list[int]:
+        return sorted(int(i) for i in self.client.hkeys(keys.tasks(request_id)))
+
+    def request_ids(self) -> list[int]:
+        return [int(i) for i in self.client.zrange(keys.requests(), 0, -1)]
+
+    def expire_request(self, request_id: int, seconds: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys.request_keys(request_id):
+            pipe.expire(key, seconds)
+        pipe.execute()
+
+    # -- worker side --------------------------------------------------------
+
+    def fetch(self, request_id: int, index: int) -> tuple[bytes | None, bytes | None]:
+        """(function payload, args payload) for one task; None where missing."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.func(request_id))
+        pipe.hget(keys.tasks(request_id), str(index))
+        func, args = pipe.execute()
+        return func, args
+
+    def take_lease(self, request_id: int, index: int, holder: str) -> None:
+        self.client.hset(keys.leases(request_id), str(index), holder)
+
+    def leases(self, request_id: int) -> dict[int, str]:
+        raw: dict[bytes, bytes] = self.client.hgetall(keys.leases(request_id))
+        return {int(k): v.decode() for k, v in raw.items()}
+
+    def record(
+        self, request_id: int, index: int, status: str, fields: Mapping[str, str | bytes]
+    ) -> bool:
+        """Record a task's outcome; False if it already had one (nothing written)."""
+        if status not in keys.STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        argv: list[Any] = [index, status, f"{time.time():.6f}"]
+        for name, value in fields.items():
+            argv += [name, value]
+        return bool(self._record(keys=keys.request_keys(request_id), args=argv))
+
+    def reject(self, request_id: int, index: int, reason: str, host: str, pid: int) -> bool:
+        argv = [index, reason, host, pid, f"{time.time():.6f}"]
+        return bool(self._reject(keys=keys.request_keys(request_id), args=argv))
+
+    def cancel(self, request_id: int, reason: str, status: str = "cancelled") -> int:
+        """Record every task without an outcome as lost; -1 if the request is unknown."""
+        argv = [reason, f"{time.time():.6f}", status]
+        return int(self._cancel(keys=keys.request_keys(request_id), args=argv))
+
+    # -- collator side ------------------------------------------------------
+
+    def ensure_group(self, request_id: int, group: str) -> None:
+        try:
+            self.client.xgroup_create(keys.results(request_id), group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_results(
+        self,
+        request_id: int,
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block_ms: int | None,
+        pending: bool,
+    ) -> list[StreamEntry]:
+        """Entries for ``group``: those delivered but unacknowledged if ``pending``, else new."""
+        stream = keys.results(request_id)
+        reply = self.client.xreadgroup(
+            group,
+            consumer,
+            {stream: "0" if pending else ">"},
+            count=count,
+            block=None if pending else block_ms,
+        )
+        entries: list[StreamEntry] = []
+        for _name, items in reply or []:
+            for entry_id, fields in items:
+                if fields:  # a pending entry trimmed away reads back empty
+                    entries.append(
+                        (entry_id.decode(), {k.decode(): v for k, v in fields.items()})
+                    )
+        return entries
+
+    def ack(self, request_id: int, group: str, entry_ids: list[str]) -> None:
+        if entry_ids:
+            self.client.xack(keys.results(request_id), group, *entry_ids)

@@ -1,0 +1,172 @@
+"""The ``sheepdog`` command: a demo, and a look at requests kept in a dbfile."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sheepdog.broker import embedded
+from sheepdog.errors import SheepdogError
+from sheepdog.submitter import api, paths, results
+from sheepdog.submitter.store import Store
+from sheepdog.submitter.config import Settings
+
+DBFILE = click.option(
+    "--dbfile", default=Settings().dbfile, show_default=True, help="SQLite file of the requests."
+)
+
+
+def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Our own errors end as one line on stderr and exit status 1, not a traceback."""
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SheepdogError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    wrapped.__name__ = command.__name__
+    wrapped.__doc__ = command.__doc__
+    return wrapped
+
+
+@click.group()
+@click.version_option(package_name="sheepdog")
+def main() -> None:
+    """Run a Python function over many arguments as one array job."""
+
+
+def _demo_f(a: int, b: int) -> int:
+    return a + b
+
+
+def _demo_square(x: int) -> int:
+    import os
+    import socket
+
+    print(f"task for {x} on {socket.gethostname()} pid {os.getpid()}")
+    return x * x
+
+
+@main.command()
+@click.option("--tasks", default=100, show_default=True, help="Tasks in the second array.")
+@DBFILE
+@_fail_cleanly
+def demo(tasks: int, dbfile: str) -> None:
+    """Run the quickstart on this machine, through the embedded broker."""
+    config = {"dbfile": dbfile}
+    args = [(1, 1), (1, 2), (2, 2)]
+    click.echo(f"sheepdog.map(f, {args}) where f(a, b) = a + b")
+    click.echo(f"  -> {api.map(_demo_f, args, config)}")
+    click.echo(f"sheepdog.map(square, range({tasks})), one process per array task")
+    squares = api.map(_demo_square, range(tasks), config)
+    ok = squares == [x * x for x in range(tasks)]
+    click.echo(f"  -> {len(squares)} results, first {squares[:5]}, all correct: {ok}")
+    click.echo(f"results are kept in {dbfile}; try `sheepdog ls --dbfile {dbfile}`")
+    if not ok:
+        sys.exit(1)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@main.command("ls")
+@DBFILE
+@_fail_cleanly
+def ls(dbfile: str) -> None:
+    """List the requests in a dbfile, with their counts."""
+    with Store(dbfile) as store:
+        click.echo(f"{'id':>6}  {'created':19}  {'tasks':>6}  {'ok':>6}  {'failed':>6}  function")
+        for row in store.requests():
+            counts = store.counts(row.broker_id, row.request_id)
+            failed = counts["error"] + counts["lost"]
+            click.echo(
+                f"{row.request_id:>6}  {_when(row.created)}  {row.n_tasks:>6}  {counts['ok']:>6}"
+                f"  {failed:>6}  {row.function}"
+            )
+
+
+@main.command()
+@click.argument("request_id", type=int, required=False)
+@DBFILE
+@click.pass_context
+@_fail_cleanly
+def status(ctx: click.Context, request_id: int | None, dbfile: str) -> None:
+    """Counts of done, failed and remaining tasks (of every request without an id)."""
+    if request_id is None:
+        ctx.invoke(ls, dbfile=dbfile)
+        return
+    with results.open_request(request_id, dbfile) as request:
+        results.collect_available(request)
+        counts = request.store.counts(request.row.broker_id, request_id)
+        remaining = request.row.n_tasks - sum(counts.values())
+        state = "(broker unreachable)"
+        try:
+            state = request.connect().meta(request_id).get("status", "expired from the broker")
+        except SheepdogError:
+            pass
+        click.echo(f"request {request_id}: {request.row.function}, {request.row.n_tasks} tasks,"
+                   f" {request.row.scheduler} job {request.row.job_ids or '-'}, {state}")
+        click.echo(f"  done {counts['ok']}  failed {counts['error']}  lost {counts['lost']}"
+                   f"  remaining {remaining}")
+        for text in results.incidents(request):
+            click.echo(f"  incident: {text}")
+
+
+@main.command("results")
+@click.argument("request_id", type=int)
+@DBFILE
+@click.option("--wait/--no-wait", default=False, help="Wait for every task (with progress).")
+@_fail_cleanly
+def results_command(request_id: int, dbfile: str, wait: bool) -> None:
+    """Print each task's arguments and result, in order."""
+    for args, value in api.get_results(request_id, dbfile, block=wait, verbose=True):
+        click.echo(f"{args!r}\t{value!r}")
+
+
+@main.command()
+@click.argument("request_id", type=int)
+@DBFILE
+@_fail_cleanly
+def errors(request_id: int, dbfile: str) -> None:
+    """Print the failed tasks with their remote tracebacks."""
+    found = api.get_errors(request_id, dbfile)
+    for args, text in found:
+        click.echo(f"--- args {args!r}")
+        click.echo(text.rstrip())
+    click.echo(f"{len(found)} failed task(s)")
+
+
+@main.command()
+@click.argument("request_id", type=int)
+@DBFILE
+@_fail_cleanly
+def cancel(request_id: int, dbfile: str) -> None:
+    """Kill a request's job; its unfinished tasks are recorded as lost."""
+    n = api.cancel(request_id, dbfile)
+    click.echo(f"request {request_id} cancelled; {n} task(s) had no outcome")
+
+
+@main.group()
+def broker() -> None:
+    """The embedded broker (used when no broker_url is configured)."""
+
+
+@broker.command("start")
+@_fail_cleanly
+def broker_start() -> None:
+    """Start the embedded broker unless it runs."""
+    embedded.ensure_running(paths.embedded_broker_dir())
+    click.echo(f"embedded broker running in {paths.embedded_broker_dir()}")
+
+
+@broker.command("stop")
+@_fail_cleanly
+def broker_stop() -> None:
+    """Stop the embedded broker (its data is kept on disk)."""
+    stopped = embedded.stop(paths.embedded_broker_dir())
+    click.echo("embedded broker stopped" if stopped else "embedded broker was not running")

@@ -1,0 +1,99 @@
+"""Every exception sheepdog raises on purpose.
+
+    SheepdogError
+    ├── ConfigError            a config key or value is wrong; names the fix
+    ├── BrokerError            the broker cannot be reached or refused us
+    │   └── EmbeddedBrokerError  the private server could not be started
+    ├── SerialisationError     a function, argument or result cannot be pickled
+    ├── IntegrityError         a payload failed its HMAC check (not from us)
+    ├── SubmitError            the scheduler refused the array job
+    ├── RequestNotFound        no such request id in the dbfile
+    ├── RequestFailed          the request cannot finish (cancelled, runner died)
+    ├── TaskErrors             map(..., raise_errors=True) and some tasks failed
+    └── ResultsTimeout         get_results(timeout=...) ran out (also a TimeoutError)
+
+Each exception keeps its context as attributes and survives pickling,
+because some of them are raised on a node and reported on the laptop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SheepdogError(Exception):
+    """Root of every error sheepdog raises on purpose."""
+
+
+class ConfigError(SheepdogError, ValueError):
+    """A config key or value is wrong."""
+
+
+class BrokerError(SheepdogError):
+    """The broker cannot be reached, or it refused a command."""
+
+
+class EmbeddedBrokerError(BrokerError):
+    """The embedded (private) Redis-protocol server could not be started."""
+
+
+class SerialisationError(SheepdogError):
+    """Something could not be serialised or deserialised."""
+
+
+class IntegrityError(SheepdogError):
+    """A payload's HMAC did not match: it was not written by this request."""
+
+
+class SubmitError(SheepdogError):
+    """The scheduler refused to start the array job."""
+
+
+class RequestNotFound(SheepdogError, LookupError):
+    """The request id is not in the dbfile."""
+
+
+class RequestFailed(SheepdogError):
+    """The request can no longer finish: cancelled, or its runner is gone."""
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """One failed task: its 1-based array index, its arguments and the remote error."""
+
+    index: int
+    args: object
+    error: str
+
+
+class TaskErrors(SheepdogError):
+    """Raised by ``map(..., raise_errors=True)`` when any task failed."""
+
+    def __init__(self, request_id: int, failures: list[TaskFailure]) -> None:
+        self.request_id = request_id
+        self.failures = failures
+        first = failures[0] if failures else None
+        detail = f"\nfirst failure (task {first.index}):\n{first.error}" if first else ""
+        super().__init__(
+            f"{len(failures)} task(s) of request {request_id} failed{detail}"
+        )
+
+    def __reduce__(self) -> tuple[type[TaskErrors], tuple[int, list[TaskFailure]]]:
+        return (TaskErrors, (self.request_id, self.failures))
+
+
+class ResultsTimeout(SheepdogError, TimeoutError):
+    """``get_results(timeout=...)`` ran out before every task had an outcome."""
+
+    def __init__(self, request_id: int, done: int, total: int, timeout: float) -> None:
+        self.request_id = request_id
+        self.done = done
+        self.total = total
+        self.timeout = timeout
+        super().__init__(
+            f"request {request_id}: {done} of {total} tasks done after {timeout:g} s; "
+            f"call get_results({request_id}) again later to keep waiting"
+        )
+
+    def __reduce__(self) -> tuple[type[ResultsTimeout], tuple[int, int, int, float]]:
+        return (ResultsTimeout, (self.request_id, self.done, self.total, self.timeout))

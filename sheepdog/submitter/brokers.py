@@ -1,0 +1,56 @@
+"""Finding the broker for a new request, and again for an old one.
+
+A request's row in the dbfile names its broker by id and a password-free
+location: ``embedded:<state dir>`` for the private server, or the broker URL
+with the password replaced by ``***``. The password and the HMAC master key
+come from ``credentials`` on this machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sheepdog.broker import embedded
+from sheepdog.broker.client import Broker
+from sheepdog.broker.connection import redact
+from sheepdog.errors import BrokerError
+from sheepdog.submitter import credentials, paths
+from sheepdog.submitter.config import Settings
+
+EMBEDDED = "embedded:"
+
+
+def connect_for_submit(settings: Settings) -> tuple[Broker, str, bytes]:
+    """(broker, location, master key) for a new request under ``settings``."""
+    if settings.broker_url is None:
+        state_dir = paths.embedded_broker_dir()
+        url = embedded.ensure_running(state_dir)
+        location = f"{EMBEDDED}{state_dir}"
+    else:
+        url = settings.broker_url
+        location = redact(url)
+    broker = Broker.from_url(url)
+    master = credentials.remember(broker.broker_id, url)
+    return broker, location, master
+
+
+def reconnect(broker_id: str, location: str) -> tuple[Broker, bytes]:
+    """(broker, master key) of a request recorded with ``broker_id`` at ``location``."""
+    known = credentials.lookup(broker_id)
+    if known is None:
+        raise BrokerError(
+            f"this machine has no credentials for broker {broker_id} ({location}); they are"
+            f" kept in {paths.credentials_file()} on the machine that submitted the request"
+        )
+    url, master = known
+    if location.startswith(EMBEDDED):
+        url = embedded.ensure_running(Path(location[len(EMBEDDED):]))
+    broker = Broker.from_url(url)
+    if broker.broker_id != broker_id:
+        broker.close()
+        raise BrokerError(
+            f"the broker at {location} is now broker {broker.broker_id}, not {broker_id}:"
+            " its data was replaced, so outcomes not yet collated are gone. Results already"
+            " in the dbfile can still be read with block=False."
+        )
+    return broker, master

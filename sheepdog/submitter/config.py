@@ -1,0 +1,174 @@
+"""The config dict, turned into one typed, checked ``Settings`` object.
+
+The original Sheepdog's keys are accepted as they were; every default lives
+here, and docs/configuration.md is the reference for users. A key that is not
+known is refused with the list of valid keys, so a typo cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from sheepdog.broker.connection import check_url
+from sheepdog.errors import BrokerError, ConfigError
+
+SCHEDULERS = ("local", "gridengine")
+AVAILABLE_SCHEDULERS = ("local",)
+
+#: Keys of the original Sheepdog that no longer mean anything, with why.
+RETIRED_KEYS = {
+    "port": "the workers no longer connect to an HTTP server on this machine; they talk to"
+    " the Redis broker. Remove 'port' and, if the nodes need a broker they can reach, set"
+    " 'broker_url' (e.g. 'redis://:PASSWORD@broker-host:6379/0').",
+    "localhost": "the workers no longer connect back to this machine; they talk to the"
+    " Redis broker. Remove 'localhost' and set 'broker_url' to an address the nodes can reach.",
+}
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a request needs to know about where and how to run."""
+
+    host: str | None = field(
+        default=None, metadata=_doc("head node to submit to over SSH; none means this machine")
+    )
+    ssh_port: int = field(default=22, metadata=_doc("SSH port of host"))
+    ssh_user: str | None = field(
+        default=None, metadata=_doc("SSH user; default: ~/.ssh/config, else the current user")
+    )
+    ssh_keyfile: str | None = field(
+        default=None, metadata=_doc("private key file; default: the SSH agent and ~/.ssh keys")
+    )
+    ssh_dir: str = field(
+        default=".sheepdog", metadata=_doc("remote directory for job files, relative to $HOME")
+    )
+    dbfile: str = field(
+        default="./sheepdog.sqlite", metadata=_doc("SQLite file that keeps requests and results")
+    )
+    shell: str | None = field(
+        default=None,
+        metadata=_doc("Python interpreter that runs the workers; default: this interpreter"
+                      " (local), /usr/bin/python3 (cluster)"),
+    )
+    ge_opts: tuple[str, ...] = field(
+        default=(), metadata=_doc("Grid Engine options, one string per option, e.g. '-l h_rt=1:0:0'")
+    )
+    broker_url: str | None = field(
+        default=None,
+        metadata=_doc("redis://, rediss:// or unix:// URL of the broker; none starts a private"
+                      " embedded one"),
+    )
+    scheduler: str | None = field(
+        default=None,
+        metadata=_doc("local or gridengine; default: local without host, gridengine with host"),
+    )
+    local_workers: int | None = field(
+        default=None,
+        metadata=_doc("local scheduler: how many tasks run at once; default: the number of CPUs"),
+    )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Settings | None) -> Settings:
+        if isinstance(config, Settings):
+            return config
+        config = dict(config or {})
+        _refuse_unknown(config)
+        values = {name: _coerce(name, value) for name, value in config.items()}
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ConfigError for values that are wrong together."""
+        if self.broker_url is not None:
+            try:
+                check_url(self.broker_url)
+            except BrokerError as exc:
+                raise ConfigError(str(exc)) from None
+        name = self.scheduler_name
+        if name not in SCHEDULERS:
+            raise ConfigError(f"scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
+        if name not in AVAILABLE_SCHEDULERS:
+            raise ConfigError(
+                f"scheduler {name!r} is not available in this version of sheepdog; available:"
+                f" {', '.join(AVAILABLE_SCHEDULERS)}. Leave out 'host' to run on this machine."
+            )
+        if name == "local" and self.host is not None:
+            raise ConfigError(
+                f"host {self.host!r} is set but scheduler is 'local', which runs on this"
+                " machine; remove 'host' or choose a cluster scheduler"
+            )
+
+    @property
+    def scheduler_name(self) -> str:
+        if self.scheduler is not None:
+            return self.scheduler
+        return "local" if self.host is None else "gridengine"
+
+    @property
+    def worker_python(self) -> str:
+        if self.shell is not None:
+            return self.shell
+        return sys.executable if self.scheduler_name == "local" else "/usr/bin/python3"
+
+    @property
+    def workers(self) -> int:
+        return self.local_workers or os.cpu_count() or 1
+
+    def with_dbfile(self, dbfile: str | None) -> Settings:
+        return self if dbfile is None else replace(self, dbfile=dbfile)
+
+
+def describe() -> str:
+    """The valid keys with their defaults and meaning, one per line."""
+    lines = []
+    for f in fields(Settings):
+        lines.append(f"  {f.name} = {f.default!r}: {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+def _refuse_unknown(config: Mapping[str, Any]) -> None:
+    known = {f.name for f in fields(Settings)}
+    for key in config:
+        if key in RETIRED_KEYS:
+            raise ConfigError(f"config key {key!r} is no longer used: {RETIRED_KEYS[key]}")
+    unknown = [key for key in config if key not in known]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigError(
+        f"unknown config key(s): {', '.join(hints)}. Valid keys, with their defaults:\n"
+        + describe()
+    )
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """``value`` as the type of key ``name``, or a ConfigError saying what was expected."""
+    if name == "ge_opts":
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(
+                "ge_opts must be a list of strings, one per option, e.g."
+                f" ['-l h_rt=1:00:00', '-r y']; got {value!r}"
+            )
+        return tuple(value)
+    if name in ("ssh_port", "local_workers"):
+        if value is None and name == "local_workers":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        return value
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    return os.fspath(value) if value is not None else None

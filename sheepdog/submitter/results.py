@@ -1,0 +1,167 @@
+"""Reading a request back: waiting for its outcomes, collating them, decoding them.
+
+``wait`` never waits without a reason: it stops when every task has an
+outcome, when the request is cancelled or gone from the broker, when its job
+is known to have died (its remaining tasks are then recorded as lost), or
+when the caller's timeout runs out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from sheepdog.broker import codec
+from sheepdog.broker.client import Broker
+from sheepdog.errors import BrokerError, RequestFailed, ResultsTimeout, SerialisationError
+from sheepdog.submitter import credentials, schedulers
+from sheepdog.submitter.brokers import reconnect
+from sheepdog.submitter.collator import Collator
+from sheepdog.submitter.store import RequestRow, Store, TaskRow
+
+#: Seconds the broker keeps a request once every outcome is in the dbfile.
+RESULT_TTL = 7 * 24 * 3600
+
+#: Seconds between checks that the request's job is still alive.
+LIVENESS_INTERVAL = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task as the caller sees it."""
+
+    index: int
+    args: Any
+    status: str | None  # ok | error | lost, or None while it has no outcome
+    value: Any
+    error: str | None
+
+
+@dataclass
+class OpenRequest:
+    store: Store
+    row: RequestRow
+    broker: Broker | None = None
+    key: bytes | None = None
+
+    def connect(self) -> Broker:
+        if self.broker is None:
+            self.broker, master = reconnect(self.row.broker_id, self.row.location)
+            self.key = credentials.request_key(master, self.row.request_id)
+        return self.broker
+
+    def collator(self) -> Collator:
+        broker = self.connect()
+        assert self.key is not None
+        return Collator(broker, self.store, self.row.request_id, self.key)
+
+    def done(self) -> int:
+        return sum(self.store.counts(self.row.broker_id, self.row.request_id).values())
+
+
+@contextlib.contextmanager
+def open_request(request_id: int, dbfile: str) -> Iterator[OpenRequest]:
+    with Store(dbfile) as store:
+        request = OpenRequest(store, store.request(request_id))
+        try:
+            yield request
+        finally:
+            if request.broker is not None:
+                request.broker.close()
+
+
+def collect_available(request: OpenRequest) -> None:
+    """Move whatever outcomes the broker holds now into the dbfile."""
+    if request.done() >= request.row.n_tasks:
+        return
+    try:
+        collator = request.collator()
+    except BrokerError as exc:
+        print(f"sheepdog: {exc}; showing what the dbfile holds", file=sys.stderr)
+        return
+    while collator.step(block_ms=None):
+        pass
+
+
+def _check_alive(request: OpenRequest) -> None:
+    """Raise RequestFailed, or record lost tasks, if the request cannot progress."""
+    broker = request.connect()
+    rid = request.row.request_id
+    meta = broker.meta(rid)
+    if not meta:
+        raise RequestFailed(
+            f"request {rid} is no longer on the broker (expired or deleted); the outcomes"
+            f" already collected can be read with get_results({rid}, block=False)"
+        )
+    if meta.get("status") != "queued":
+        return
+    job_ids = [j for j in meta.get("job_ids", "").split(",") if j]
+    if schedulers.get(request.row.scheduler).alive(job_ids) is False:
+        broker.cancel(
+            rid,
+            f"the {request.row.scheduler} job {','.join(job_ids)} ended before this task"
+            " had an outcome",
+            status="failed",
+        )
+
+
+def _raise_if_cancelled(request: OpenRequest) -> None:
+    broker = request.connect()
+    if broker.meta(request.row.request_id).get("status") == "cancelled":
+        rid = request.row.request_id
+        counts = request.store.counts(request.row.broker_id, rid)
+        raise RequestFailed(
+            f"request {rid} was cancelled; {counts['ok']} of {request.row.n_tasks} tasks had"
+            f" finished. get_results({rid}, block=False) returns those."
+        )
+
+
+def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
+    """Collate until every task has an outcome (see the module docstring)."""
+    total = request.row.n_tasks
+    done = request.done()
+    if done >= total:
+        return
+    collator = request.collator()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    next_check = time.monotonic() + LIVENESS_INTERVAL
+    with tqdm(total=total, initial=done, disable=not (verbose and sys.stderr.isatty()), unit="task",
+              desc=f"request {request.row.request_id}", file=sys.stderr) as bar:
+        while done < total:
+            collator.step(block_ms=250)
+            now_done = request.done()
+            bar.update(now_done - done)
+            done = now_done
+            if done >= total:
+                break
+            if time.monotonic() >= next_check:
+                _check_alive(request)
+                next_check = time.monotonic() + LIVENESS_INTERVAL
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultsTimeout(request.row.request_id, done, total, timeout or 0.0)
+    _raise_if_cancelled(request)
+    request.connect().expire_request(request.row.request_id, RESULT_TTL)
+
+
+def _decode(row: TaskRow, request_id: int) -> Outcome:
+    try:
+        args = codec.decode_trusted(row.args)
+        value = codec.decode_trusted(row.value) if row.value is not None else None
+    except SerialisationError as exc:
+        raise SerialisationError(f"request {request_id}, task {row.idx}: {exc}") from exc
+    return Outcome(row.idx, args, row.status, value, row.error)
+
+
+def outcomes(request: OpenRequest) -> list[Outcome]:
+    rows = request.store.tasks(request.row.broker_id, request.row.request_id)
+    return [_decode(row, request.row.request_id) for row in rows]
+
+
+def incidents(request: OpenRequest) -> list[str]:
+    return request.store.incidents(request.row.broker_id, request.row.request_id)

@@ -1,0 +1,127 @@
+"""Submitting a request: serialise, store, push to the broker, start the array.
+
+Order matters for "nothing is lost": everything is serialised before the
+broker is touched, the dbfile holds function and arguments before any task
+can run, and a scheduler that refuses the job leaves neither broker keys nor
+dbfile rows behind.
+"""
+
+from __future__ import annotations
+
+import getpass
+import platform
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from sheepdog.broker import codec
+from sheepdog.broker.client import Broker
+from sheepdog.errors import SheepdogError, SubmitError
+from sheepdog.submitter import credentials, paths, schedulers
+from sheepdog.submitter.brokers import connect_for_submit
+from sheepdog.submitter.config import Settings
+from sheepdog.submitter.schedulers import ArrayJob
+from sheepdog.submitter.store import RequestRow, Store
+from sheepdog.worker_bootstrap.environment import JobFile
+
+
+def positional(item: object) -> list[object]:
+    """The positional arguments an ``args`` item stands for.
+
+    A plain tuple is the arguments themselves: ``(1, 2)`` calls ``f(1, 2)``.
+    Anything else, a list or a namedtuple included, is one argument:
+    ``[1, 2]`` calls ``f([1, 2])``, ``5`` calls ``f(5)``.
+    """
+    return list(item) if type(item) is tuple else [item]
+
+
+def function_name(f: Callable[..., Any]) -> str:
+    module = getattr(f, "__module__", None) or "?"
+    name = getattr(f, "__qualname__", None) or type(f).__qualname__
+    return f"{module}.{name}"
+
+
+def _check_inputs(f: object, ns: object) -> None:
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__} {f!r}")
+    if ns is not None and not (
+        isinstance(ns, Mapping) and all(isinstance(k, str) for k in ns)
+    ):
+        raise TypeError("ns must be a dict of names to values, e.g. {'g': g, 'constant': 12}")
+
+
+def _encode_tasks(items: list[object], key: bytes) -> tuple[list[bytes], list[bytes]]:
+    """(payloads for the dbfile, payloads for the broker) of every item."""
+    stored, pushed = [], []
+    for index, item in enumerate(items, start=1):
+        what = f"arguments of task {index} ({item!r:.80})"
+        stored.append(codec.encode(item, key, what=what))
+        pushed.append(codec.encode(positional(item), key, what=what))
+    return stored, pushed
+
+
+def submit(
+    f: Callable[..., Any], args: Iterable[object], ns: Mapping[str, Any] | None, settings: Settings
+) -> int:
+    """Start ``f`` over ``args`` as one array job; return the request id."""
+    _check_inputs(f, ns)
+    items = list(args)
+    broker, location, master = connect_for_submit(settings)
+    try:
+        request_id = broker.new_request_id()
+        key = credentials.request_key(master, request_id)
+        func_payload = codec.encode((f, dict(ns or {})), key, what=f"function {function_name(f)}")
+        stored, pushed = _encode_tasks(items, key)
+        row = RequestRow(
+            broker_id=broker.broker_id, request_id=request_id, location=location,
+            function=function_name(f), n_tasks=len(items), scheduler=settings.scheduler_name,
+            job_ids="", created=time.time(),
+        )
+        with Store(settings.dbfile) as store:
+            store.add_request(row, func_payload, stored)
+            try:
+                _push_and_start(broker, store, row, settings, func_payload, pushed, key)
+            except BaseException:
+                broker.delete_request(request_id)
+                store.delete_request(broker.broker_id, request_id)
+                raise
+        return request_id
+    finally:
+        broker.close()
+
+
+def _push_and_start(
+    broker: Broker, store: Store, row: RequestRow, settings: Settings,
+    func_payload: bytes, pushed: list[bytes], key: bytes,
+) -> None:
+    meta = {
+        "status": "submitting" if pushed else "done",
+        "n_tasks": row.n_tasks,
+        "function": row.function,
+        "submitter": f"{getpass.getuser()}@{socket.gethostname()}",
+        "scheduler": row.scheduler,
+        "job_ids": "",
+        "python": platform.python_version(),
+        "created": f"{row.created:.6f}",
+        "n_ok": 0, "n_error": 0, "n_lost": 0, "n_rejected": 0,
+    }
+    broker.create_request(row.request_id, meta, func_payload, pushed)
+    if not pushed:
+        return  # nothing to run: the empty request is complete as it stands
+    job_dir = paths.job_dir(broker.broker_id, row.request_id)
+    job_file = job_dir / "job.json"
+    JobFile(
+        broker_url=broker.url, request_id=row.request_id, key=key.hex(),
+        scheduler=row.scheduler,
+    ).dump(job_file)
+    scheduler = schedulers.get(row.scheduler)
+    try:
+        job_ids = scheduler.submit(ArrayJob(row.request_id, row.n_tasks, job_file, job_dir, settings))
+    except SheepdogError:
+        raise
+    except Exception as exc:
+        raise SubmitError(f"the {row.scheduler} scheduler refused the job: {exc}") from exc
+    joined = ",".join(job_ids)
+    broker.set_meta(row.request_id, job_ids=joined, status="queued")
+    store.set_job_ids(row.broker_id, row.request_id, joined)

@@ -1,0 +1,102 @@
+"""Fixtures: real Redis-protocol servers, never a mock.
+
+- ``sheepdog_home``: one private ``SHEEPDOG_HOME`` for the session, so the
+  embedded default broker is started once by the code under test and stopped
+  at the end.
+- ``server_url``: a separate valkey-server (or ``$SHEEPDOG_TEST_SERVER``,
+  e.g. Debian's /usr/bin/redis-server) on a loopback TCP port with a password,
+  standing for a shared broker; flushed before every test that uses it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from sheepdog.broker import embedded
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sheepdog_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("sheepdog-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHEEPDOG_HOME", str(home))
+        yield home
+    embedded.stop(home / "broker")
+
+
+@pytest.fixture(scope="session")
+def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = os.environ.get("SHEEPDOG_TEST_SERVER") or str(embedded.server_binary())
+    workdir = tmp_path_factory.mktemp("server")
+    password = secrets.token_hex(16)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
+         "--dir", str(workdir), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.05)
+    client.close()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def server_url(_server: str) -> str:
+    client = redis.Redis.from_url(_server)
+    client.flushdb()
+    client.close()
+    return _server
+
+
+@pytest.fixture
+def raw(server_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def dbfile(tmp_path: Path) -> str:
+    return str(tmp_path / "results.sqlite")
+
+
+def run_python(code: str, *, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as the ``__main__`` script of a fresh interpreter."""
+    script = cwd / f"script_{secrets.token_hex(4)}.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
