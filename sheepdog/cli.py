@@ -12,8 +12,8 @@ import click
 from sheepdog.broker import embedded
 from sheepdog.errors import SheepdogError
 from sheepdog.submitter import api, paths, results
-from sheepdog.submitter.store import Store
 from sheepdog.submitter.config import Settings
+from sheepdog.submitter.store import Store
 
 DBFILE = click.option(
     "--dbfile", default=Settings().dbfile, show_default=True, help="SQLite file of the requests."

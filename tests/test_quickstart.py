@@ -27,7 +27,7 @@ def test_namespace_example(dbfile: str) -> None:
         return x * 2
 
     def f(a: int, b: int) -> int:
-        return a + g(b) + constant  # noqa: F821 - g and constant come from ns on the node
+        return a + g(b) + constant
 
     namespace = {"constant": constant, "g": g}
     assert sheepdog.map(f, [(1, 2), (2, 3), (3, 4)], {"dbfile": dbfile}, ns=namespace) == [

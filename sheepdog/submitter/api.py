@@ -34,7 +34,7 @@ def map_async(
     return submit(f, args, ns, Settings.from_config(config))
 
 
-def map(  # noqa: A001 - the original Sheepdog's name
+def map(
     f: Callable[..., Any], args: Iterable[Any], config: Config = None,
     ns: Mapping[str, Any] | None = None, verbose: bool = True, *,
     raise_errors: bool = False, timeout: float | None = None,

@@ -111,28 +111,50 @@ def _check_alive(request: OpenRequest) -> None:
         )
 
 
-def _raise_if_cancelled(request: OpenRequest) -> None:
+#: Request statuses after which nothing more will arrive.
+FINAL = ("done", "cancelled", "failed")
+
+
+def _finalise(request: OpenRequest) -> str:
+    """The request's final status, kept in the dbfile once known.
+
+    The first time, it is read from the broker, which is then told to expire
+    the request: every outcome is in the dbfile.
+    """
+    if request.row.status in FINAL:
+        return request.row.status
     broker = request.connect()
-    if broker.meta(request.row.request_id).get("status") == "cancelled":
-        rid = request.row.request_id
-        counts = request.store.counts(request.row.broker_id, rid)
-        raise RequestFailed(
-            f"request {rid} was cancelled; {counts['ok']} of {request.row.n_tasks} tasks had"
-            f" finished. get_results({rid}, block=False) returns those."
-        )
+    status = broker.meta(request.row.request_id).get("status", "")
+    if status in FINAL:
+        request.store.set_status(request.row.broker_id, request.row.request_id, status)
+        broker.expire_request(request.row.request_id, RESULT_TTL)
+    return status
 
 
 def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
     """Collate until every task has an outcome (see the module docstring)."""
     total = request.row.n_tasks
     done = request.done()
-    if done >= total:
-        return
+    if done < total:
+        _collate_until_done(request, done, verbose, timeout)
+    if _finalise(request) == "cancelled":
+        rid = request.row.request_id
+        counts = request.store.counts(request.row.broker_id, rid)
+        raise RequestFailed(
+            f"request {rid} was cancelled; {counts['ok']} of {total} tasks had"
+            f" finished. get_results({rid}, block=False) returns those."
+        )
+
+
+def _collate_until_done(
+    request: OpenRequest, done: int, verbose: bool, timeout: float | None
+) -> None:
+    total = request.row.n_tasks
     collator = request.collator()
     deadline = None if timeout is None else time.monotonic() + timeout
     next_check = time.monotonic() + LIVENESS_INTERVAL
-    with tqdm(total=total, initial=done, disable=not (verbose and sys.stderr.isatty()), unit="task",
-              desc=f"request {request.row.request_id}", file=sys.stderr) as bar:
+    with tqdm(total=total, initial=done, disable=not (verbose and sys.stderr.isatty()),
+              unit="task", desc=f"request {request.row.request_id}", file=sys.stderr) as bar:
         while done < total:
             collator.step(block_ms=250)
             now_done = request.done()
@@ -145,8 +167,6 @@ def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
                 next_check = time.monotonic() + LIVENESS_INTERVAL
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultsTimeout(request.row.request_id, done, total, timeout or 0.0)
-    _raise_if_cancelled(request)
-    request.connect().expire_request(request.row.request_id, RESULT_TTL)
 
 
 def _decode(row: TaskRow, request_id: int) -> Outcome:

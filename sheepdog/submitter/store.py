@@ -10,7 +10,8 @@ Schema (version 1)::
     brokers   (broker_id PK, location)                  location: 'embedded:<dir>' or a
                                                         password-free URL
     requests  (broker_id, request_id) PK, function, n_tasks, func, scheduler,
-              job_ids, created
+              job_ids, created, status (submitted, then the broker's final status:
+              done | cancelled | failed)
     tasks     (broker_id, request_id, idx) PK, args      args: codec envelope of the item
     results   (broker_id, request_id, idx) PK, status, value, error, host, pid,
               started, finished, stdout, stderr, stream_key
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS requests (
     scheduler  TEXT NOT NULL,
     job_ids    TEXT NOT NULL DEFAULT '',
     created    REAL NOT NULL,
+    status     TEXT NOT NULL DEFAULT 'submitted',
     PRIMARY KEY (broker_id, request_id)
 );
 CREATE TABLE IF NOT EXISTS tasks (
@@ -120,6 +122,7 @@ class RequestRow:
     scheduler: str
     job_ids: str
     created: float
+    status: str = "submitted"
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,13 @@ class Store:
                 (job_ids, broker_id, request_id),
             )
 
+    def set_status(self, broker_id: str, request_id: int, status: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE requests SET status = ? WHERE broker_id = ? AND request_id = ?",
+                (status, broker_id, request_id),
+            )
+
     def delete_request(self, broker_id: str, request_id: int) -> None:
         with self._transaction() as db:
             for table in ("incidents", "results", "tasks", "requests"):
@@ -222,8 +232,8 @@ class Store:
     def request(self, request_id: int) -> RequestRow:
         rows = self._db.execute(
             "SELECT r.broker_id, r.request_id, b.location, r.function, r.n_tasks,"
-            " r.scheduler, r.job_ids, r.created FROM requests r JOIN brokers b USING (broker_id)"
-            " WHERE r.request_id = ?",
+            " r.scheduler, r.job_ids, r.created, r.status FROM requests r"
+            " JOIN brokers b USING (broker_id) WHERE r.request_id = ?",
             (request_id,),
         ).fetchall()
         if not rows:
@@ -242,8 +252,8 @@ class Store:
     def requests(self) -> list[RequestRow]:
         rows = self._db.execute(
             "SELECT r.broker_id, r.request_id, b.location, r.function, r.n_tasks,"
-            " r.scheduler, r.job_ids, r.created FROM requests r JOIN brokers b USING (broker_id)"
-            " ORDER BY r.created"
+            " r.scheduler, r.job_ids, r.created, r.status FROM requests r"
+            " JOIN brokers b USING (broker_id) ORDER BY r.created"
         ).fetchall()
         return [RequestRow(**dict(r)) for r in rows]
 

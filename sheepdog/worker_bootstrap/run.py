@@ -75,7 +75,7 @@ def execute(meta: dict[str, str], func_payload: bytes, args_payload: bytes, key:
             value = f(*args)
         except SheepdogError as exc:  # our own loading errors: the message is the point
             status, fields = "error", {"error": f"{type(exc).__name__}: {exc}"}
-        except BaseException as exc:  # noqa: BLE001 - sys.exit and friends are task failures too
+        except BaseException as exc:
             status, fields = "error", {"error": _user_traceback(exc)}
         else:
             try:

@@ -130,6 +130,7 @@ def _detach(log: str) -> None:
     if pid:
         print(pid, flush=True)
         os._exit(0)
+    os.setpgid(0, 0)  # its own process group, which cancel kills with every worker in it
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -1,0 +1,273 @@
+"""Every failure a user can cause ends in one readable message, and nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import sheepdog
+from sheepdog.errors import (
+    BrokerError,
+    ConfigError,
+    RequestFailed,
+    ResultsTimeout,
+    SerialisationError,
+    TaskErrors,
+)
+from sheepdog.submitter import paths, results
+from sheepdog.submitter.store import RequestRow, Store
+
+
+def divide(a: float, b: float) -> float:
+    return a / b
+
+
+def test_exception_in_f_is_none_in_place_and_traceback_in_get_errors(
+    dbfile: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = sheepdog.map(divide, [(1, 2), (1, 0), (3, 1)], {"dbfile": dbfile})
+    assert out == [0.5, None, 3.0]
+    assert "1 of 3 tasks of request" in capsys.readouterr().err
+    request_id = sheepdog.map_async(divide, [(4, 0)], {"dbfile": dbfile})
+    sheepdog.get_results(request_id, dbfile)
+    [(args, error)] = sheepdog.get_errors(request_id, dbfile)
+    assert args == (4, 0)
+    assert error.startswith("Traceback (most recent call last):")
+    assert "in divide\n    return a / b" in error
+    assert error.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert "sheepdog/worker_bootstrap" not in error  # only the user's frames
+
+
+def test_raise_errors_carries_every_remote_traceback(dbfile: str) -> None:
+    with pytest.raises(TaskErrors) as caught:
+        sheepdog.map(divide, [(1, 0), (2, 1), (3, 0)], {"dbfile": dbfile}, raise_errors=True)
+    failures = caught.value.failures
+    assert [(f.index, f.args) for f in failures] == [(1, (1, 0)), (3, (3, 0))]
+    assert all("ZeroDivisionError" in f.error for f in failures)
+    assert "2 task(s) of request" in str(caught.value)
+
+
+def test_returning_none_is_not_a_failure(dbfile: str) -> None:
+    def nothing(x: int) -> None:
+        return None
+
+    assert sheepdog.map(nothing, [1, 2], {"dbfile": dbfile}, raise_errors=True) == [None, None]
+
+
+def test_unpicklable_function_is_refused_before_anything_runs(dbfile: str) -> None:
+    lock = threading.Lock()
+
+    def uses_lock(x: int) -> int:
+        with lock:
+            return x
+
+    with pytest.raises(SerialisationError, match="cannot serialise the function .*uses_lock.*lock"):
+        sheepdog.map(uses_lock, [1], {"dbfile": dbfile})
+    with pytest.raises(SerialisationError, match="arguments of task 2"):
+        sheepdog.map(divide, [(1, 2), (lock, 1)], {"dbfile": dbfile})
+    assert sheepdog.get_results  # the dbfile holds no half-written request:
+    from sheepdog.submitter.store import Store
+
+    with Store(dbfile) as store:
+        assert store.requests() == []
+
+
+def test_unpicklable_result_is_a_recorded_error(dbfile: str) -> None:
+    def make_lock(x: int) -> object:
+        return threading.Lock()
+
+    request_id = sheepdog.map_async(make_lock, [1], {"dbfile": dbfile})
+    assert sheepdog.get_results(request_id, dbfile) == [(1, None)]
+    [(_, error)] = sheepdog.get_errors(request_id, dbfile)
+    assert "SerialisationError: cannot serialise the return value" in error
+    assert "lock" in error
+
+
+def test_task_output_tail_is_kept(dbfile: str) -> None:
+    def noisy(x: int) -> int:
+        import sys
+
+        print("to stdout", x)
+        print("to stderr", x, file=sys.stderr)
+        os.system("echo from a child process")
+        return x
+
+    request_id = sheepdog.map_async(noisy, [7], {"dbfile": dbfile})
+    sheepdog.get_results(request_id, dbfile)
+    from sheepdog.submitter.store import Store
+
+    with Store(dbfile) as store:
+        row = store.request(request_id)
+        detail = store.outcome_detail(row.broker_id, request_id, 1)
+    assert detail is not None
+    assert detail["stdout"] == "to stdout 7\nfrom a child process\n"
+    assert detail["stderr"] == "to stderr 7\n"
+    assert detail["host"] and detail["pid"] and detail["finished"] >= detail["started"]
+
+
+def test_killed_task_is_recorded_as_lost_not_waited_for(dbfile: str) -> None:
+    def die(x: int) -> int:
+        if x == 2:
+            os.kill(os.getpid(), 9)
+        return x
+
+    request_id = sheepdog.map_async(die, [1, 2, 3], {"dbfile": dbfile})
+    assert sheepdog.get_results(request_id, dbfile, timeout=60) == [(1, 1), (2, None), (3, 3)]
+    [(args, error)] = sheepdog.get_errors(request_id, dbfile)
+    assert args == 2
+    assert "was killed by signal SIGKILL without an outcome" in error
+
+
+def test_sys_exit_in_f_is_an_error(dbfile: str) -> None:
+    def leave(x: int) -> int:
+        raise SystemExit(3)
+
+    with pytest.raises(TaskErrors, match="SystemExit: 3"):
+        sheepdog.map(leave, [1], {"dbfile": dbfile}, raise_errors=True)
+
+
+def test_wrong_shell_is_a_clear_lost_task(dbfile: str) -> None:
+    config = {"dbfile": dbfile, "shell": "/no/such/python"}
+    with pytest.raises(TaskErrors) as caught:
+        sheepdog.map(divide, [(1, 1)], config, raise_errors=True, timeout=60)
+    message = caught.value.failures[0].error
+    assert "cannot start the worker with '/no/such/python'" in message
+    assert "'shell' config key" in message
+
+
+def test_timeout_names_the_counts(dbfile: str) -> None:
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(30)
+        return x
+
+    request_id = sheepdog.map_async(slow, [1], {"dbfile": dbfile})
+    try:
+        with pytest.raises(ResultsTimeout, match=r"0 of 1 tasks done after 0.5 s"):
+            sheepdog.get_results(request_id, dbfile, timeout=0.5)
+    finally:
+        sheepdog.cancel(request_id, dbfile)
+
+
+def _request_row(request_id: int, dbfile: str) -> RequestRow:
+    with Store(dbfile) as store:
+        return store.request(request_id)
+
+
+def _runner_pid(request_id: int, dbfile: str) -> int:
+    return int(_request_row(request_id, dbfile).job_ids.rsplit(":", 1)[1])
+
+
+def _live_processes_of(request_id: int, dbfile: str) -> list[str]:
+    """Runner and workers of a local request: every process naming its job file."""
+    row = _request_row(request_id, dbfile)
+    job_file = str(paths.job_dir(row.broker_id, request_id) / "job.json")
+    pids = subprocess.run(
+        ["pgrep", "-f", job_file], capture_output=True, text=True, check=False
+    ).stdout.split()
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _wait_gone(request_id: int, dbfile: str) -> None:
+    deadline = time.monotonic() + 10
+    while _live_processes_of(request_id, dbfile):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still running: {_live_processes_of(request_id, dbfile)}")
+        time.sleep(0.1)
+
+
+def test_cancel_stops_the_job_and_map_says_so(dbfile: str) -> None:
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(60)
+        return x
+
+    request_id = sheepdog.map_async(slow, range(4), {"dbfile": dbfile, "local_workers": 2})
+    with results.open_request(request_id, dbfile) as request:
+        broker = request.connect()
+        deadline = time.monotonic() + 20
+        while len(broker.leases(request_id)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until both workers are inside slow()
+    assert len(_live_processes_of(request_id, dbfile)) == 3  # the runner and two workers
+    assert sheepdog.cancel(request_id, dbfile) == 4
+    _wait_gone(request_id, dbfile)
+    with pytest.raises(RequestFailed, match=f"request {request_id} was cancelled; 0 of 4"):
+        sheepdog.get_results(request_id, dbfile, timeout=30)
+    assert sheepdog.get_results(request_id, dbfile, block=False) == [(i, None) for i in range(4)]
+    assert all("cancelled by the user" in e for _, e in sheepdog.get_errors(request_id, dbfile))
+
+
+def test_runner_that_dies_gives_lost_tasks_not_a_hang(dbfile: str) -> None:
+    import signal
+
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(60)
+        return x
+
+    request_id = sheepdog.map_async(slow, range(3), {"dbfile": dbfile, "local_workers": 1})
+    os.kill(_runner_pid(request_id, dbfile), signal.SIGKILL)
+    out = sheepdog.get_results(request_id, dbfile, timeout=60)
+    assert out == [(i, None) for i in range(3)]
+    errors = sheepdog.get_errors(request_id, dbfile)
+    assert all("ended before this task had an outcome" in e or "SIGKILL" in e for _, e in errors)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"hots": "fear"}, r"unknown config key\(s\): 'hots' \(did you mean 'host'\?\)"),
+        ({"port": 7676}, "'port' is no longer used: the workers no longer connect"),
+        ({"localhost": "me"}, "'localhost' is no longer used"),
+        ({"ge_opts": "-l h_rt=1:0:0"}, "ge_opts must be a list of strings"),
+        ({"ssh_port": "22"}, "ssh_port must be a positive whole number"),
+        ({"broker_url": "http://x"}, "scheme 'http'; use one of redis://, rediss://, unix://"),
+        ({"scheduler": "pbs"}, "scheduler 'pbs' is not one of local, gridengine"),
+        ({"host": "fear", "scheduler": "local"}, "host 'fear' is set but scheduler is 'local'"),
+    ],
+)
+def test_bad_config_is_refused_with_the_fix(config: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        sheepdog.map(divide, [(1, 1)], config)
+
+
+def test_unknown_key_lists_every_valid_key_with_its_default() -> None:
+    with pytest.raises(ConfigError) as caught:
+        sheepdog.map_async(divide, [(1, 1)], {"nope": 1})
+    text = str(caught.value)
+    for line in ("host = None", "ssh_port = 22", "ssh_dir = '.sheepdog'",
+                 "dbfile = './sheepdog.sqlite'", "ge_opts = ()", "broker_url = None"):
+        assert line in text
+
+
+def test_unreachable_broker_is_one_clear_error(dbfile: str) -> None:
+    config = {"dbfile": dbfile, "broker_url": "redis://:pw@127.0.0.1:1/0"}
+    with pytest.raises(BrokerError, match=r"cannot reach the broker at redis://:\*\*\*@127.0.0.1:1/0"):
+        sheepdog.map(divide, [(1, 1)], config)
+
+
+def test_wrong_broker_password_is_one_clear_error(server_url: str, dbfile: str) -> None:
+    wrong = server_url.replace("://:", "://:wrong", 1)
+    with pytest.raises(BrokerError, match="refused the password"):
+        sheepdog.map(divide, [(1, 1)], {"dbfile": dbfile, "broker_url": wrong})
+
+
+def test_unknown_request_id(dbfile: str, tmp_path: Path) -> None:
+    with pytest.raises(sheepdog.RequestNotFound, match="request 12345 is not in"):
+        sheepdog.get_results(12345, dbfile)
