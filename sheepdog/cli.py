@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import sys
 from collections.abc import Callable
@@ -105,10 +106,8 @@ def status(ctx: click.Context, request_id: int | None, dbfile: str) -> None:
         counts = request.store.counts(request.row.broker_id, request_id)
         remaining = request.row.n_tasks - sum(counts.values())
         state = "(broker unreachable)"
-        try:
+        with contextlib.suppress(SheepdogError):
             state = request.connect().meta(request_id).get("status", "expired from the broker")
-        except SheepdogError:
-            pass
         click.echo(f"request {request_id}: {request.row.function}, {request.row.n_tasks} tasks,"
                    f" {request.row.scheduler} job {request.row.job_ids or '-'}, {state}")
         click.echo(f"  done {counts['ok']}  failed {counts['error']}  lost {counts['lost']}"

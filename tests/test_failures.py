@@ -66,7 +66,8 @@ def test_unpicklable_function_is_refused_before_anything_runs(dbfile: str) -> No
         with lock:
             return x
 
-    with pytest.raises(SerialisationError, match="cannot serialise the function .*uses_lock.*lock"):
+    message = r"cannot serialise the function .*uses_lock.*lock"
+    with pytest.raises(SerialisationError, match=message):
         sheepdog.map(uses_lock, [1], {"dbfile": dbfile})
     with pytest.raises(SerialisationError, match="arguments of task 2"):
         sheepdog.map(divide, [(1, 2), (lock, 1)], {"dbfile": dbfile})

@@ -22,6 +22,10 @@ PUSH_BATCH = 2000
 
 StreamEntry = tuple[str, dict[str, bytes]]
 
+#: redis-py annotates replies as unions of its sync and async types; replies
+#: are read into variables of this type and converted right away.
+Reply = Any
+
 
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
@@ -71,7 +75,7 @@ class Broker:
     ) -> None:
         """Store meta, function and tasks (indices from 1) in batched round trips."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(keys.meta(request_id), mapping=dict(meta))
+        pipe.hset(keys.meta(request_id), mapping=dict(meta))  # type: ignore[arg-type]
         pipe.set(keys.func(request_id), func_payload)
         pipe.zadd(keys.requests(), {str(request_id): time.time()})
         batch: dict[int, bytes] = {}
@@ -93,7 +97,7 @@ class Broker:
         self.client.hset(keys.meta(request_id), mapping=fields)  # type: ignore[arg-type]
 
     def meta(self, request_id: int) -> dict[str, str]:
-        raw: dict[bytes, bytes] = self.client.hgetall(keys.meta(request_id))
+        raw: Reply = self.client.hgetall(keys.meta(request_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def pending(self, request_id: int) -> int:
@@ -104,7 +108,8 @@ class Broker:
         return sorted(int(i) for i in self.client.hkeys(keys.tasks(request_id)))
 
     def request_ids(self) -> list[int]:
-        return [int(i) for i in self.client.zrange(keys.requests(), 0, -1)]
+        ids: Reply = self.client.zrange(keys.requests(), 0, -1)
+        return [int(i) for i in ids]
 
     def expire_request(self, request_id: int, seconds: int) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -126,7 +131,7 @@ class Broker:
         self.client.hset(keys.leases(request_id), str(index), holder)
 
     def leases(self, request_id: int) -> dict[int, str]:
-        raw: dict[bytes, bytes] = self.client.hgetall(keys.leases(request_id))
+        raw: Reply = self.client.hgetall(keys.leases(request_id))
         return {int(k): v.decode() for k, v in raw.items()}
 
     def record(
@@ -141,7 +146,7 @@ class Broker:
         return bool(self._record(keys=keys.request_keys(request_id), args=argv))
 
     def reject(self, request_id: int, index: int, reason: str, host: str, pid: int) -> bool:
-        argv = [index, reason, host, pid, f"{time.time():.6f}"]
+        argv: list[Any] = [index, reason, host, pid, f"{time.time():.6f}"]
         return bool(self._reject(keys=keys.request_keys(request_id), args=argv))
 
     def cancel(self, request_id: int, reason: str, status: str = "cancelled") -> int:
@@ -170,7 +175,7 @@ class Broker:
     ) -> list[StreamEntry]:
         """Entries for ``group``: those delivered but unacknowledged if ``pending``, else new."""
         stream = keys.results(request_id)
-        reply = self.client.xreadgroup(
+        reply: Reply = self.client.xreadgroup(
             group,
             consumer,
             {stream: "0" if pending else ">"},

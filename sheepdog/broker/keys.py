@@ -3,18 +3,19 @@
 Braces are Redis Cluster hash tags: all keys of one request share a slot, so
 the Lua script that records an outcome may touch them together.
 
-=============================  ==========  ==============================================  ===========================
-key                            type        contents                                        lifetime
-=============================  ==========  ==============================================  ===========================
-sheepdog:broker                hash        ``id`` (uuid4, set once), ``schema``            for ever
-sheepdog:seq                   string      INCR counter; the last request id handed out    for ever
-sheepdog:requests              zset        request id -> creation time (unix seconds)      until the request expires
-sheepdog:{req:ID}              hash        plain-text meta, see ``META_FIELDS``            ``result_ttl`` after collated
-sheepdog:{req:ID}:func         string      codec envelope of (function, namespace)         same
-sheepdog:{req:ID}:tasks        hash        index -> codec envelope of the positional args  a field leaves on its outcome
-sheepdog:{req:ID}:leases       hash        running index -> "host pid started"             a field leaves on its outcome
-sheepdog:{req:ID}:results      stream      one entry per outcome, see ``RESULT_FIELDS``    same as meta
-=============================  ==========  ==============================================  ===========================
+Key (type): contents; lifetime.
+
+- ``sheepdog:broker`` (hash): ``id`` (uuid4, set once), ``schema``; for ever.
+- ``sheepdog:seq`` (string): INCR counter, the last request id handed out; for ever.
+- ``sheepdog:requests`` (zset): request id -> creation time (unix s); until expired.
+- ``sheepdog:{req:ID}`` (hash): plain-text meta, see ``META_FIELDS``; kept
+  ``RESULT_TTL`` after the request is fully collated, like every key below.
+- ``sheepdog:{req:ID}:func`` (string): codec envelope of (function, namespace).
+- ``sheepdog:{req:ID}:tasks`` (hash): index -> codec envelope of the positional
+  args; a field leaves when its task's outcome is recorded.
+- ``sheepdog:{req:ID}:leases`` (hash): running index -> "host pid started";
+  a field leaves with its outcome.
+- ``sheepdog:{req:ID}:results`` (stream): one entry per outcome, see ``RESULT_FIELDS``.
 
 The same table, with examples for ``redis-cli``, is in docs/broker-keys.md.
 """

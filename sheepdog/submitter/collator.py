@@ -43,8 +43,8 @@ class Collator:
         self._replaying = True  # first re-read what an earlier collator left unacknowledged
         broker.ensure_group(request_id, self.group)
 
-    def step(self, block_ms: int = 500) -> int:
-        """Collate one batch, waiting up to ``block_ms`` for one; return its size."""
+    def step(self, block_ms: int | None = 500) -> int:
+        """Collate one batch, waiting up to ``block_ms`` (None: not at all); return its size."""
         entries = self.broker.read_results(
             self.request_id, self.group, CONSUMER,
             count=BATCH, block_ms=block_ms, pending=self._replaying,

@@ -60,7 +60,8 @@ class Settings:
                       " (local), /usr/bin/python3 (cluster)"),
     )
     ge_opts: tuple[str, ...] = field(
-        default=(), metadata=_doc("Grid Engine options, one string per option, e.g. '-l h_rt=1:0:0'")
+        default=(),
+        metadata=_doc("Grid Engine options, one string per option, e.g. '-l h_rt=1:0:0'"),
     )
     broker_url: str | None = field(
         default=None,

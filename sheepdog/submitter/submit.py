@@ -117,7 +117,8 @@ def _push_and_start(
     ).dump(job_file)
     scheduler = schedulers.get(row.scheduler)
     try:
-        job_ids = scheduler.submit(ArrayJob(row.request_id, row.n_tasks, job_file, job_dir, settings))
+        job = ArrayJob(row.request_id, row.n_tasks, job_file, job_dir, settings)
+        job_ids = scheduler.submit(job)
     except SheepdogError:
         raise
     except Exception as exc:

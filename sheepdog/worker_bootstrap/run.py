@@ -29,7 +29,8 @@ EXIT_NOT_RECORDED = 1  # the outcome could not be written to the broker
 EXIT_BAD_ENVIRONMENT = 2  # no job file, no index, no broker, no request
 EXIT_REJECTED = 3  # the index is not part of the request
 
-Outcome = tuple[str, dict[str, str | bytes]]
+Fields = dict[str, str | bytes]
+Outcome = tuple[str, Fields]
 
 
 def log(message: str) -> None:
@@ -69,6 +70,8 @@ def execute(meta: dict[str, str], func_payload: bytes, args_payload: bytes, key:
     mismatch = python_mismatch(meta.get("python", ""))
     if mismatch:
         return "error", {"error": f"PythonVersionMismatch: {mismatch}"}
+    status: str
+    fields: Fields
     with captured_output() as out:
         try:
             f, args = _load(func_payload, args_payload, key)

@@ -1,6 +1,7 @@
 """The process that runs a local array job (started by ``LocalScheduler.submit``).
 
-``python -m sheepdog.submitter.schedulers.local_runner --detach JOB_FILE N_TASKS WORKERS PYTHON LOG``
+``python -m sheepdog.submitter.schedulers.local_runner
+--detach JOB_FILE N_TASKS WORKERS PYTHON LOG``
 
 With ``--detach`` it prints the pid of a daemon that does the work and exits
 at once, so the runner belongs to no one's process tree (its process group id
@@ -64,7 +65,7 @@ class LocalRunner:
 
     def _start(self, index: int) -> Running | None:
         env = dict(os.environ, **{self.env_var: str(index)})
-        output = tempfile.TemporaryFile()
+        output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _finished
         command = [self.python, "-m", "sheepdog.worker_bootstrap", str(self.job_file)]
         try:
             proc = subprocess.Popen(
@@ -93,7 +94,9 @@ class LocalRunner:
         hint = ""
         if "No module named" in tail:
             hint = f" Is sheepdog installed for {self.python}? (the 'shell' config key)"
-        reason = f"worker process for task {run.index} {exit_reason(code)} without an outcome.{hint}"
+        reason = (
+            f"worker process for task {run.index} {exit_reason(code)} without an outcome.{hint}"
+        )
         self._lost(run.index, reason, tail, run.proc.pid)
 
     def _indices(self) -> Iterator[int]:
