@@ -191,6 +191,17 @@ class Broker:
                     )
         return entries
 
+    def all_results(self, request_id: int, *, chunk: int = 1000) -> list[StreamEntry]:
+        """Every entry of the results stream, acknowledged or not, oldest first."""
+        entries: list[StreamEntry] = []
+        start = "-"
+        while True:
+            items: Reply = self.client.xrange(keys.results(request_id), start, "+", count=chunk)
+            entries += [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in items]
+            if len(items) < chunk:
+                return entries
+            start = "(" + entries[-1][0]
+
     def ack(self, request_id: int, group: str, entry_ids: list[str]) -> None:
         if entry_ids:
             self.client.xack(keys.results(request_id), group, *entry_ids)

@@ -56,6 +56,12 @@ class Collator:
             self._save(entries)
         return len(entries)
 
+    def resync(self) -> None:
+        """Write every entry of the stream again, whatever was acknowledged."""
+        entries = self.broker.all_results(self.request_id)
+        for start in range(0, len(entries), BATCH):
+            self._save(entries[start : start + BATCH])
+
     def _save(self, entries: list[StreamEntry]) -> None:
         results: list[dict[str, object]] = []
         incidents: list[dict[str, object]] = []

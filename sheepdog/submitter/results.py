@@ -28,6 +28,9 @@ from sheepdog.submitter.store import RequestRow, Store, TaskRow
 #: Seconds the broker keeps a request once every outcome is in the dbfile.
 RESULT_TTL = 7 * 24 * 3600
 
+#: Request statuses after which nothing more will arrive.
+FINAL = ("done", "cancelled", "failed")
+
 #: Seconds between checks that the request's job is still alive.
 LIVENESS_INTERVAL = 2.0
 
@@ -99,6 +102,9 @@ def _check_alive(request: OpenRequest) -> None:
             f"request {rid} is no longer on the broker (expired or deleted); the outcomes"
             f" already collected can be read with get_results({rid}, block=False)"
         )
+    if meta.get("status") in FINAL and request.done() < request.row.n_tasks:
+        _resync(request)
+        return
     if meta.get("status") != "queued":
         return
     job_ids = [j for j in meta.get("job_ids", "").split(",") if j]
@@ -109,10 +115,6 @@ def _check_alive(request: OpenRequest) -> None:
             " had an outcome",
             status="failed",
         )
-
-
-#: Request statuses after which nothing more will arrive.
-FINAL = ("done", "cancelled", "failed")
 
 
 def _finalise(request: OpenRequest) -> str:
@@ -129,6 +131,19 @@ def _finalise(request: OpenRequest) -> str:
         request.store.set_status(request.row.broker_id, request.row.request_id, status)
         broker.expire_request(request.row.request_id, RESULT_TTL)
     return status
+
+
+def _resync(request: OpenRequest) -> None:
+    """The broker has every outcome but the dbfile does not: read the whole stream again."""
+    request.collator().resync()
+    done, total = request.done(), request.row.n_tasks
+    if done < total:
+        rid = request.row.request_id
+        raise RequestFailed(
+            f"request {rid}: the broker says it is {request.connect().meta(rid).get('status')},"
+            f" but only {done} of {total} outcomes are in its results stream; the others"
+            f" were lost from the broker. get_results({rid}, block=False) returns the rest."
+        )
 
 
 def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
