@@ -169,3 +169,5 @@ def broker_stop() -> None:
     """Stop the embedded broker (its data is kept on disk)."""
     stopped = embedded.stop(paths.embedded_broker_dir())
     click.echo("embedded broker stopped" if stopped else "embedded broker was not running")
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The broker's keys and the worker's contract, checked with raw Redis commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import msgpack
+import redis
+
+import sheepdog
+from sheepdog.broker import codec, keys
+from sheepdog.broker.client import Broker
+from sheepdog.submitter import paths
+from sheepdog.worker_bootstrap.environment import TASK_INDEX_VARS, JobFile
+
+KEY = b"k" * 32
+
+
+def test_key_schema_after_a_request(server_url: str, raw: redis.Redis, dbfile: str) -> None:
+    out = sheepdog.map(divmod, [(7, 2), (9, 3), (1, 1)], {"broker_url": server_url,
+                                                           "dbfile": dbfile})
+    assert out == [(3, 1), (3, 0), (1, 0)]
+    rid = 1
+    assert raw.get(keys.seq()) == b"1"
+    ident = raw.hgetall(keys.broker())
+    assert set(ident) == {b"id", b"schema"} and len(ident[b"id"]) == 36
+    assert raw.zrange(keys.requests(), 0, -1) == [b"1"]
+    meta = {k.decode(): v.decode() for k, v in raw.hgetall(keys.meta(rid)).items()}
+    assert set(meta) <= set(keys.META_FIELDS)
+    assert meta["status"] == "done"
+    assert meta["n_tasks"] == "3"
+    assert meta["n_ok"] == "3" and meta["n_error"] == "0" and meta["n_lost"] == "0"
+    assert meta["function"] == "builtins.divmod"
+    assert meta["scheduler"] == "local" and meta["job_ids"].startswith(os.uname().nodename)
+    assert meta["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert float(meta["finished"]) >= float(meta["created"])
+    assert raw.type(keys.func(rid)) == b"string"
+    assert raw.exists(keys.tasks(rid)) == 0  # every task has left with its outcome
+    assert raw.exists(keys.leases(rid)) == 0
+    entries = raw.xrange(keys.results(rid))
+    assert len(entries) == 3
+    for _id, fields in entries:
+        assert set(fields) <= {f.encode() for f in keys.RESULT_FIELDS}
+        assert fields[b"status"] == b"ok"
+    assert sorted(int(f[b"index"]) for _, f in entries) == [1, 2, 3]
+    # Collated: every key of the request now expires; the broker-wide ones do not.
+    for key in keys.request_keys(rid):
+        if raw.exists(key):
+            assert 0 < raw.ttl(key) <= 7 * 24 * 3600
+    assert raw.ttl(keys.seq()) == -1
+    assert {k.decode() for k in raw.keys("sheepdog:*")} == {
+        keys.broker(), keys.seq(), keys.requests(), keys.meta(rid), keys.func(rid),
+        keys.results(rid),
+    }
+
+
+def test_all_keys_of_a_request_share_one_cluster_slot() -> None:
+    tags = {k[k.index("{") + 1 : k.index("}")] for k in keys.request_keys(42)}
+    assert tags == {"req:42"}
+
+
+def test_tasks_are_pushed_in_batches(server_url: str, raw: redis.Redis) -> None:
+    broker = Broker.from_url(server_url)
+    raw.config_resetstat()
+    broker.create_request(7, {"n_tasks": 5000}, b"f", (b"x%d" % i for i in range(5000)))
+    stats = raw.info("commandstats")
+    assert stats["cmdstat_hset"]["calls"] <= 4  # meta + 5000 tasks in batches of 2000
+    assert raw.hlen(keys.tasks(7)) == 5000
+    assert raw.hget(keys.tasks(7), "5000") == b"x4999"
+    broker.close()
+
+
+def _pending_request(server_url: str, f: object, items: list[tuple[object, ...]],
+                     tmp_path: Path, *, python: str | None = None,
+                     key: bytes = KEY) -> tuple[Broker, JobFile, Path]:
+    """A request on the broker whose tasks no scheduler runs: tests start workers by hand."""
+    broker = Broker.from_url(server_url)
+    rid = broker.new_request_id()
+    meta = {"status": "queued", "n_tasks": len(items), "python": python or
+            ".".join(map(str, sys.version_info[:3])), "n_ok": 0, "n_error": 0}
+    broker.create_request(rid, meta, codec.encode((f, {}), key),
+                          [codec.encode(list(a), key) for a in items])
+    job = JobFile(broker_url=server_url, request_id=rid, key=KEY.hex(), scheduler="local",
+                  connect_attempts=1, connect_retry_delay=0)
+    path = tmp_path / "job.json"
+    job.dump(path)
+    return broker, job, path
+
+
+def _run_worker(job_file: Path, index: int | str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != TASK_INDEX_VARS["local"]}
+    if index is not None:
+        env[TASK_INDEX_VARS["local"]] = str(index)
+    return subprocess.run(
+        [sys.executable, "-m", "sheepdog.worker_bootstrap", str(job_file)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_worker_records_once_and_a_rerun_changes_nothing(
+    server_url: str, raw: redis.Redis, tmp_path: Path
+) -> None:
+    _broker, job, path = _pending_request(server_url, pow, [(2, 5), (3, 2)], tmp_path)
+    first = _run_worker(path, 1)
+    assert first.returncode == 0, first.stderr
+    again = _run_worker(path, 1)
+    assert again.returncode == 0
+    assert "already has an outcome; nothing to do" in again.stderr
+    entries = raw.xrange(keys.results(job.request_id))
+    assert len(entries) == 1
+    assert codec.decode(entries[0][1][b"payload"], KEY) == 32
+    assert raw.hkeys(keys.tasks(job.request_id)) == [b"2"]
+    assert raw.hget(keys.meta(job.request_id), "n_ok") == b"1"
+
+
+def test_worker_with_an_index_outside_the_request_is_recorded(
+    server_url: str, raw: redis.Redis, tmp_path: Path
+) -> None:
+    _broker, job, path = _pending_request(server_url, pow, [(2, 5)], tmp_path)
+    proc = _run_worker(path, 9)
+    assert proc.returncode == 3
+    assert f"task index 9 is not part of request {job.request_id} (1..1)" in proc.stderr
+    [(_id, fields)] = raw.xrange(keys.results(job.request_id))
+    assert fields[b"status"] == b"rejected"
+    assert raw.hget(keys.meta(job.request_id), "n_rejected") == b"1"
+    assert raw.hlen(keys.tasks(job.request_id)) == 1  # the real task is untouched
+
+
+def test_worker_without_an_index_or_job_file_says_what_is_missing(
+    server_url: str, tmp_path: Path
+) -> None:
+    _broker, _job, path = _pending_request(server_url, pow, [(2, 5)], tmp_path)
+    proc = _run_worker(path, None)
+    assert proc.returncode == 2
+    assert "SHEEPDOG_TASK_ID is not set: this worker must run as an array task" in proc.stderr
+    proc = _run_worker(path, "undefined")
+    assert "SHEEPDOG_TASK_ID='undefined' is not a task index" in proc.stderr
+    proc = _run_worker(tmp_path / "missing.json", 1)
+    assert proc.returncode == 2 and "cannot read job file" in proc.stderr
+
+
+def test_worker_for_a_request_gone_from_the_broker(server_url: str, tmp_path: Path) -> None:
+    broker, job, path = _pending_request(server_url, pow, [(2, 5)], tmp_path)
+    broker.delete_request(job.request_id)
+    proc = _run_worker(path, 1)
+    assert proc.returncode == 2
+    assert f"request {job.request_id} is not on the broker redis://:***@" in proc.stderr
+
+
+def test_worker_refuses_a_different_python_and_says_which(
+    server_url: str, raw: redis.Redis, tmp_path: Path
+) -> None:
+    _broker, job, path = _pending_request(server_url, pow, [(2, 5)], tmp_path, python="3.2.1")
+    assert _run_worker(path, 1).returncode == 0
+    [(_id, fields)] = raw.xrange(keys.results(job.request_id))
+    assert fields[b"status"] == b"error"
+    error = fields[b"error"].decode()
+    assert error.startswith("PythonVersionMismatch: this node runs Python")
+    assert "submitted from Python 3.2.1" in error and "'shell' config key" in error
+
+
+class _Trap:
+    """Unpickling this runs code: it must never happen for a payload we did not sign."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_worker_does_not_unpickle_a_payload_with_a_bad_signature(
+    server_url: str, raw: redis.Redis, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    _broker, job, path = _pending_request(
+        server_url, _Trap(marker), [(1,)], tmp_path, key=b"x" * 32
+    )
+    assert _run_worker(path, 1).returncode == 0
+    assert not marker.exists()
+    [(_id, fields)] = raw.xrange(keys.results(job.request_id))
+    assert fields[b"status"] == b"error"
+    assert b"IntegrityError: payload signature does not match" in fields[b"error"]
+
+
+def test_collator_refuses_a_result_with_a_bad_signature(
+    server_url: str, raw: redis.Redis, dbfile: str
+) -> None:
+    rid = sheepdog.map_async(abs, [-5], {"broker_url": server_url, "dbfile": dbfile})
+    from sheepdog.submitter import results
+
+    with results.open_request(rid, dbfile) as request:
+        broker = request.connect()
+        while broker.pending(rid):
+            time.sleep(0.05)
+        forged = msgpack.packb([1, 1, b"\0" * 32, cloudpickle.dumps(5)])
+        [(entry_id, _)] = raw.xrange(keys.results(rid))
+        raw.xdel(keys.results(rid), entry_id)
+        raw.xadd(keys.results(rid), {"index": 1, "status": "ok", "payload": forged})
+    assert sheepdog.get_results(rid, dbfile, timeout=30) == [(-5, None)]
+    [(_, error)] = sheepdog.get_errors(rid, dbfile)
+    assert error.startswith("IntegrityError")
+
+
+def test_job_files_and_credentials_are_private(server_url: str, dbfile: str) -> None:
+    rid = sheepdog.map_async(abs, [-1], {"broker_url": server_url, "dbfile": dbfile})
+    sheepdog.get_results(rid, dbfile)
+    from sheepdog.submitter.store import Store
+
+    with Store(dbfile) as store:
+        row = store.request(rid)
+    assert "***" in row.location and server_url.split("@")[0].split(":")[-1] not in row.location
+    for path in (paths.job_dir(row.broker_id, rid) / "job.json", paths.credentials_file(),
+                 Path(dbfile)):
+        assert path.stat().st_mode & 0o077 == 0, path
+    with open(dbfile, "rb") as f:
+        assert server_url.split("@")[0].split(":")[-1].encode() not in f.read()

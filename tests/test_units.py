@@ -1,0 +1,112 @@
+"""Unit tests of single boundaries: codec, config, store, layout. No servers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sheepdog.broker import codec
+from sheepdog.errors import ConfigError, IntegrityError, SerialisationError, TaskErrors, TaskFailure
+from sheepdog.submitter.config import Settings, describe
+from sheepdog.submitter.store import RequestRow, Store, stream_key
+from sheepdog.submitter.submit import positional
+
+KEY = b"s" * 32
+
+
+@pytest.mark.parametrize(
+    "value", [None, True, 0, -(2**63), 2**64 - 1, 1.5, "é", b"\0", [1, [2]], {"a": {1: None}}]
+)
+def test_plain_values_travel_as_msgpack(value: object) -> None:
+    data = codec.encode(value, KEY)
+    assert codec.decode(data, KEY) == value
+    assert codec._unpack_envelope(data)[0] == codec.KIND_MSGPACK
+
+
+@pytest.mark.parametrize("value", [(1, 2), 2**70, {1, 2}, [1, (2,)], {(1, 2): 3}, Path("/x")])
+def test_other_values_are_pickled_and_keep_their_types(value: object) -> None:
+    data = codec.encode(value, KEY)
+    assert codec._unpack_envelope(data)[0] == codec.KIND_PICKLE
+    back = codec.decode(data, KEY)
+    assert back == value and type(back) is type(value)
+
+
+def test_a_changed_byte_or_key_fails_the_signature() -> None:
+    data = bytearray(codec.encode((1, 2), KEY))
+    with pytest.raises(IntegrityError):
+        codec.decode(bytes(data), b"other key")
+    data[-1] ^= 1
+    with pytest.raises(IntegrityError):
+        codec.decode(bytes(data), KEY)
+    with pytest.raises(SerialisationError, match="not a sheepdog payload"):
+        codec.decode(b"garbage", KEY)
+
+
+def test_positional_arguments_of_an_item() -> None:
+    from collections import namedtuple
+
+    point = namedtuple("point", "x y")(1, 2)
+    assert positional((1, 2)) == [1, 2]
+    assert positional(()) == []
+    assert positional([1, 2]) == [[1, 2]]
+    assert positional(point) == [point]
+    assert positional(None) == [None]
+
+
+def test_settings_from_seed_config() -> None:
+    s = Settings.from_config({"dbfile": "x.sqlite", "ge_opts": ["-l a=1"], "local_workers": 3})
+    assert s.dbfile == "x.sqlite" and s.ge_opts == ("-l a=1",) and s.workers == 3
+    assert s.scheduler_name == "local" and s.worker_python == sys.executable
+    assert Settings.from_config(None) == Settings()
+    assert Settings.from_config(s) is s
+    with pytest.raises(ConfigError, match="not available in this version"):
+        Settings.from_config({"host": "fear"})
+
+
+def test_describe_lists_every_key_once() -> None:
+    text = describe()
+    for key in ("host", "ssh_port", "ssh_user", "ssh_keyfile", "ssh_dir", "dbfile", "shell",
+                "ge_opts", "broker_url", "scheduler", "local_workers"):
+        assert text.count(f"  {key} = ") == 1
+
+
+def test_store_upserts_are_idempotent_and_latest_wins(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        row = RequestRow("b", 1, "loc", "f", 2, "local", "", 0.0)
+        store.add_request(row, b"func", [b"a1", b"a2"])
+        base = {"broker_id": "b", "request_id": 1, "idx": 1, "value": None, "error": "x",
+                "host": None, "pid": None, "started": None, "finished": None, "stdout": None,
+                "stderr": None}
+        lost = dict(base, status="lost", stream_key=stream_key("10-0"))
+        ok = dict(base, status="ok", value=b"v", error=None, stream_key=stream_key("11-0"))
+        store.save_outcomes([lost, ok, lost], [])  # a replay of an older entry loses
+        store.save_outcomes([ok], [])
+        assert store.counts("b", 1) == {"ok": 1, "error": 0, "lost": 0}
+        assert [(t.idx, t.status) for t in store.tasks("b", 1)] == [(1, "ok"), (2, None)]
+
+
+def test_stream_keys_sort_like_stream_ids() -> None:
+    ids = ["1-0", "1-1", "1-999999", "2-0", "1700000000000-5"]
+    assert sorted(ids, key=stream_key) == ids
+
+
+def test_errors_survive_pickling() -> None:
+    import pickle
+
+    err = TaskErrors(3, [TaskFailure(1, (1, 0), "Traceback...")])
+    back = pickle.loads(pickle.dumps(err))
+    assert back.request_id == 3 and back.failures == err.failures and str(back) == str(err)
+
+
+def test_worker_imports_nothing_of_the_submitter() -> None:
+    code = (
+        "import sys, sheepdog.worker_bootstrap.run\n"
+        "bad = [m for m in sys.modules if m.startswith(('sheepdog.submitter', 'tqdm', 'click',"
+        " 'sqlite3'))]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
