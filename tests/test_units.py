@@ -110,3 +110,16 @@ def test_worker_imports_nothing_of_the_submitter() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_dbfile_of_another_schema_is_refused_by_name(tmp_path: Path) -> None:
+    import sqlite3
+
+    from sheepdog.errors import SheepdogError
+
+    path = tmp_path / "old.sqlite"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE store SET value = '0' WHERE key = 'schema'")
+    with pytest.raises(SheepdogError, match="written by a sheepdog with store schema 0"):
+        Store(path)

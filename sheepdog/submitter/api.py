@@ -52,7 +52,16 @@ def map(
     settings = Settings.from_config(config)
     request_id = submit(f, items, ns, settings)
     with results.open_request(request_id, settings.dbfile) as request:
-        results.wait(request, verbose=verbose, timeout=timeout)
+        try:
+            results.wait(request, verbose=verbose, timeout=timeout)
+        except KeyboardInterrupt:
+            print(
+                f"\nsheepdog: request {request_id} keeps running; collect it with"
+                f" sheepdog.get_results({request_id}) or stop it with `sheepdog cancel"
+                f" {request_id}`",
+                file=sys.stderr,
+            )
+            raise
         outcomes = results.outcomes(request)
     failures = [TaskFailure(o.index, o.args, o.error or "") for o in outcomes if o.status != "ok"]
     if failures and raise_errors:

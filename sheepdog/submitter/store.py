@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sheepdog.errors import RequestNotFound
+from sheepdog.errors import RequestNotFound, SheepdogError
 
 SCHEMA_VERSION = "1"
 
@@ -154,8 +154,15 @@ class Store:
                 "INSERT OR IGNORE INTO store VALUES ('store_id', ?), ('schema', ?)",
                 (str(uuid.uuid4()), SCHEMA_VERSION),
             )
-        row = self._db.execute("SELECT value FROM store WHERE key = 'store_id'").fetchone()
-        self.store_id: str = row["value"]
+        info = dict(self._db.execute("SELECT key, value FROM store").fetchall())
+        if info["schema"] != SCHEMA_VERSION:
+            self._db.close()
+            raise SheepdogError(
+                f"{self.path} was written by a sheepdog with store schema {info['schema']};"
+                f" this one reads schema {SCHEMA_VERSION}. Use that sheepdog version for it,"
+                " or another dbfile."
+            )
+        self.store_id: str = info["store_id"]
 
     def __enter__(self) -> Store:
         return self
