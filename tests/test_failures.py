@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -223,8 +224,11 @@ def test_runner_that_dies_gives_lost_tasks_not_a_hang(dbfile: str) -> None:
         return x
 
     request_id = sheepdog.map_async(slow, range(3), {"dbfile": dbfile, "local_workers": 1})
-    os.kill(_runner_pid(request_id, dbfile), signal.SIGKILL)
+    runner = _runner_pid(request_id, dbfile)
+    os.kill(runner, signal.SIGKILL)
     out = sheepdog.get_results(request_id, dbfile, timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(runner, signal.SIGKILL)  # its orphaned worker, if it had started one
     assert out == [(i, None) for i in range(3)]
     errors = sheepdog.get_errors(request_id, dbfile)
     assert all("ended before this task had an outcome" in e or "SIGKILL" in e for _, e in errors)

@@ -1,7 +1,9 @@
-"""The broker's operations, the only code that talks Redis commands.
+"""The broker's operations for the submitter side, over redis-py.
 
-Submitter, collator, local runner and worker all go through ``Broker``; key
-names come from ``keys`` and multi-key changes from ``scripts``.
+Submitter, collator and local runner go through ``Broker``; the task-side
+operations it shares with workers are ``tasks.TaskChannel``. Key names come
+from ``keys`` and multi-key changes from ``scripts``; no other module issues
+Redis commands.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import redis
 
 from sheepdog.broker import keys, scripts
 from sheepdog.broker.connection import connect
+from sheepdog.broker.tasks import TaskChannel
 from sheepdog.errors import BrokerError
 
 #: Tasks pushed per pipeline round trip when a request is created.
@@ -37,9 +40,7 @@ class Broker:
     def __init__(self, client: redis.Redis, url: str) -> None:
         self.client = client
         self.url = url
-        self._record = client.register_script(scripts.RECORD)
-        self._reject = client.register_script(scripts.REJECT)
-        self._cancel = client.register_script(scripts.CANCEL)
+        self.tasks = TaskChannel(client)
         self.broker_id = self._identity()
 
     @classmethod
@@ -96,10 +97,6 @@ class Broker:
     def set_meta(self, request_id: int, **fields: str | int) -> None:
         self.client.hset(keys.meta(request_id), mapping=fields)  # type: ignore[arg-type]
 
-    def meta(self, request_id: int) -> dict[str, str]:
-        raw: Reply = self.client.hgetall(keys.meta(request_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
     def pending(self, request_id: int) -> int:
         """Tasks that have no outcome yet."""
         return int(self.client.hlen(keys.tasks(request_id)))
@@ -117,42 +114,24 @@ class Broker:
             pipe.expire(key, seconds)
         pipe.execute()
 
-    # -- worker side --------------------------------------------------------
+    # -- task side (one implementation, shared with the workers) ---------------
 
-    def fetch(self, request_id: int, index: int) -> tuple[bytes | None, bytes | None]:
-        """(function payload, args payload) for one task; None where missing."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(keys.func(request_id))
-        pipe.hget(keys.tasks(request_id), str(index))
-        func, args = pipe.execute()
-        return func, args
+    def meta(self, request_id: int) -> dict[str, str]:
+        return self.tasks.meta(request_id)
 
-    def take_lease(self, request_id: int, index: int, holder: str) -> None:
-        self.client.hset(keys.leases(request_id), str(index), holder)
+    def record(
+        self, request_id: int, index: int, status: str, fields: Mapping[str, str | bytes]
+    ) -> bool:
+        return self.tasks.record(request_id, index, status, fields)
 
     def leases(self, request_id: int) -> dict[int, str]:
         raw: Reply = self.client.hgetall(keys.leases(request_id))
         return {int(k): v.decode() for k, v in raw.items()}
 
-    def record(
-        self, request_id: int, index: int, status: str, fields: Mapping[str, str | bytes]
-    ) -> bool:
-        """Record a task's outcome; False if it already had one (nothing written)."""
-        if status not in keys.STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        argv: list[Any] = [index, status, f"{time.time():.6f}"]
-        for name, value in fields.items():
-            argv += [name, value]
-        return bool(self._record(keys=keys.request_keys(request_id), args=argv))
-
-    def reject(self, request_id: int, index: int, reason: str, host: str, pid: int) -> bool:
-        argv: list[Any] = [index, reason, host, pid, f"{time.time():.6f}"]
-        return bool(self._reject(keys=keys.request_keys(request_id), args=argv))
-
     def cancel(self, request_id: int, reason: str, status: str = "cancelled") -> int:
         """Record every task without an outcome as lost; -1 if the request is unknown."""
         argv = [reason, f"{time.time():.6f}", status]
-        return int(self._cancel(keys=keys.request_keys(request_id), args=argv))
+        return int(self.tasks.eval_script(scripts.CANCEL, request_id, argv))
 
     # -- collator side ------------------------------------------------------
 

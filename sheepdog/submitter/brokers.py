@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sheepdog.broker import embedded
 from sheepdog.broker.client import Broker
-from sheepdog.broker.connection import redact
+from sheepdog.broker.urls import redact
 from sheepdog.errors import BrokerError
 from sheepdog.submitter import credentials, paths
 from sheepdog.submitter.config import Settings

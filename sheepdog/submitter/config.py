@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sheepdog.broker.connection import check_url
+from sheepdog.broker.urls import check_url
 from sheepdog.errors import BrokerError, ConfigError
 
 SCHEDULERS = ("local", "gridengine")

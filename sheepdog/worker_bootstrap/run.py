@@ -8,6 +8,7 @@ stderr and a non-zero exit status for the scheduler's log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -16,9 +17,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from sheepdog.broker import codec
-from sheepdog.broker.client import Broker
-from sheepdog.broker.connection import redact
+from sheepdog.broker import codec, resp
+from sheepdog.broker.tasks import TaskChannel
+from sheepdog.broker.urls import redact
 from sheepdog.errors import BrokerError, SheepdogError
 from sheepdog.worker_bootstrap.capture import captured_output
 from sheepdog.worker_bootstrap.environment import BadEnvironment, JobFile, task_index
@@ -90,14 +91,24 @@ def execute(meta: dict[str, str], func_payload: bytes, args_payload: bytes, key:
     return status, fields
 
 
-def _record(broker: Broker, job: JobFile, index: int, outcome: Outcome) -> int:
+def _connect(job: JobFile) -> TaskChannel:
+    client = resp.connect(
+        job.broker_url, attempts=job.connect_attempts, retry_delay=job.connect_retry_delay
+    )
+    return TaskChannel(client)
+
+
+def _record(channel: TaskChannel, job: JobFile, index: int, outcome: Outcome) -> int:
+    """Record the outcome, reconnecting if the broker went away while the task ran."""
     status, fields = outcome
     for attempt in range(job.connect_attempts):
         try:
-            written = broker.record(job.request_id, index, status, fields)
-        except (BrokerError, OSError, ConnectionError) as exc:
+            written = channel.record(job.request_id, index, status, fields)
+        except (BrokerError, OSError) as exc:
             log(f"recording task {index} failed (attempt {attempt + 1}): {exc}")
             time.sleep(job.connect_retry_delay)
+            with contextlib.suppress(BrokerError):  # the next attempt says why
+                channel = _connect(job)
             continue
         if not written:
             log(f"task {index} already had an outcome; this run's {status} was not recorded")
@@ -106,9 +117,9 @@ def _record(broker: Broker, job: JobFile, index: int, outcome: Outcome) -> int:
     return EXIT_NOT_RECORDED
 
 
-def run_task(broker: Broker, job: JobFile, index: int) -> int:
+def run_task(channel: TaskChannel, job: JobFile, index: int) -> int:
     host, pid = socket.gethostname(), os.getpid()
-    meta = broker.meta(job.request_id)
+    meta = channel.meta(job.request_id)
     if not meta:
         log(f"request {job.request_id} is not on the broker {redact(job.broker_url)}"
             " (expired, deleted, or another broker); nothing to do")
@@ -116,18 +127,18 @@ def run_task(broker: Broker, job: JobFile, index: int) -> int:
     n_tasks = int(meta["n_tasks"])
     if not 1 <= index <= n_tasks:
         reason = f"task index {index} is not part of request {job.request_id} (1..{n_tasks})"
-        broker.reject(job.request_id, index, reason, host, pid)
+        channel.reject(job.request_id, index, reason, host, pid)
         log(reason)
         return EXIT_REJECTED
-    func_payload, args_payload = broker.fetch(job.request_id, index)
+    func_payload, args_payload = channel.fetch(job.request_id, index)
     if args_payload is None or func_payload is None:
         log(f"task {index} of request {job.request_id} already has an outcome; nothing to do")
         return EXIT_OK
     started = time.time()
-    broker.take_lease(job.request_id, index, f"{host} {pid} {started:.3f}")
+    channel.take_lease(job.request_id, index, f"{host} {pid} {started:.3f}")
     status, fields = execute(meta, func_payload, args_payload, bytes.fromhex(job.key))
     fields.update(host=host, pid=str(pid), started=f"{started:.6f}", finished=f"{time.time():.6f}")
-    return _record(broker, job, index, (status, fields))
+    return _record(channel, job, index, (status, fields))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,11 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = JobFile.load(Path(args[0]))
         index = task_index(job.scheduler, os.environ)
-        broker = Broker.from_url(job.broker_url, attempts=job.connect_attempts)
+        channel = _connect(job)
     except (BadEnvironment, BrokerError) as exc:
         log(str(exc))
         return EXIT_BAD_ENVIRONMENT
-    try:
-        return run_task(broker, job, index)
-    finally:
-        broker.close()
+    return run_task(channel, job, index)

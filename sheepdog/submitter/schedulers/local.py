@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from sheepdog.errors import SubmitError
 from sheepdog.submitter.schedulers.base import ArrayJob
@@ -34,7 +35,12 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A dead runner stays a zombie until init reaps it, which can take seconds.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): signal 0 is all we can tell
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class LocalScheduler:

@@ -1,0 +1,133 @@
+"""A minimal Redis protocol (RESP2) client for workers, with no dependencies.
+
+A worker runs a handful of commands once per array task; importing redis-py
+(which imports asyncio) costs more than the whole task's broker traffic. This
+client speaks just what ``TaskChannel`` needs: connect by URL (TCP, TLS, unix
+socket), AUTH, SELECT and ``execute_command``. The submitter keeps redis-py.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sheepdog.broker import urls
+
+#: Seconds to wait for a connect or a reply.
+TIMEOUT = 30.0
+
+
+class RespError(Exception):
+    """An error reply from the server (``-ERR ...``)."""
+
+
+def _encode(args: tuple[Any, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, (int, float)):
+            data = repr(arg).encode()
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} to the broker")
+        out += [b"$%d\r\n" % len(data), data, b"\r\n"]
+    return b"".join(out)
+
+
+def _open_socket(url: str, timeout: float) -> socket.socket:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(parts.path)
+        return sock
+    host = parts.hostname or "localhost"
+    sock = socket.create_connection((host, parts.port or 6379), timeout=timeout)
+    if parts.scheme == "rediss":
+        query = parse_qs(parts.query)
+        context = ssl.create_default_context(cafile=query.get("ssl_ca_certs", [None])[0])
+        if query.get("ssl_cert_reqs", [""])[0].lower() == "none":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        sock = context.wrap_socket(sock, server_hostname=host)
+    return sock
+
+
+class RespClient:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._file = sock.makefile("rb")
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float = TIMEOUT) -> RespClient:
+        urls.check_url(url)
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        client = cls(_open_socket(url, timeout))
+        password = unquote(parts.password) if parts.password else query.get("password", [""])[0]
+        db_text = query.get("db", [""])[0] if parts.scheme == "unix" else parts.path.strip("/")
+        try:
+            if password:
+                user = [unquote(parts.username)] if parts.username else []
+                client.execute_command("AUTH", *user, password)
+            if db_text and int(db_text):
+                client.execute_command("SELECT", int(db_text))
+            client.execute_command("PING")
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def execute_command(self, *args: Any) -> Any:
+        self._sock.sendall(_encode(args))
+        reply = self._read()
+        if isinstance(reply, RespError):
+            raise reply
+        return reply
+
+    def _read(self) -> Any:
+        line = self._file.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError("the broker closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return RespError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self._file.read(size + 2)[:-2]
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self._read() for _ in range(size)]
+        raise ConnectionError(f"unexpected reply from the broker: {line[:40]!r}")
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
+def connect(url: str, *, attempts: int = 1, retry_delay: float = 1.0) -> RespClient:
+    """A connected, authenticated client; BrokerError says why not."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            return RespClient.from_url(url)
+        except RespError as exc:
+            if str(exc).startswith(("WRONGPASS", "ERR invalid password", "ERR AUTH")):
+                raise urls.refused_password(url, exc) from exc
+            if str(exc).startswith("NOAUTH"):
+                raise urls.needs_password(url) from exc
+            raise urls.unreachable(url, exc) from exc
+        except OSError as exc:  # ConnectionError, timeouts and TLS errors are OSErrors
+            last = exc
+            if attempt + 1 < attempts:
+                time.sleep(retry_delay)
+    raise urls.unreachable(url, last) from last
