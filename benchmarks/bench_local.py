@@ -32,7 +32,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/bench_local.py [--tasks 200] [--repeats 3] [--peers sheepdog,rq]
 
-(``pip install submitit rq`` into the venv for those two peers.)
+(``.venv/bin/pip install -e '.[bench]'`` installs submitit and rq for those peers.)
 """
 
 from __future__ import annotations

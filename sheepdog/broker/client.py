@@ -104,10 +104,6 @@ class Broker:
     def pending_indices(self, request_id: int) -> list[int]:
         return sorted(int(i) for i in self.client.hkeys(keys.tasks(request_id)))
 
-    def request_ids(self) -> list[int]:
-        ids: Reply = self.client.zrange(keys.requests(), 0, -1)
-        return [int(i) for i in ids]
-
     def expire_request(self, request_id: int, seconds: int) -> None:
         pipe = self.client.pipeline(transaction=False)
         for key in keys.request_keys(request_id):

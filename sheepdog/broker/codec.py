@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
-from typing import Any, Protocol
+from typing import Any
 
 import cloudpickle
 import msgpack
@@ -25,14 +25,6 @@ from sheepdog.errors import IntegrityError, SerialisationError
 VERSION = 1
 KIND_MSGPACK = 0
 KIND_PICKLE = 1
-
-
-class Serializer(Protocol):
-    """What the broker needs of a serialiser: two methods."""
-
-    def dumps(self, obj: object) -> bytes: ...
-
-    def loads(self, data: bytes) -> Any: ...
 
 
 def _mac(key: bytes, kind: int, body: bytes) -> bytes:
@@ -112,15 +104,3 @@ def decode_trusted(data: bytes) -> Any:
             " needs may be missing here, or this Python differs from the one that pickled it."
         ) from exc
 
-
-class SignedSerializer:
-    """The codec bound to one request's key, as a ``Serializer``."""
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def dumps(self, obj: object) -> bytes:
-        return encode(obj, self._key)
-
-    def loads(self, data: bytes) -> Any:
-        return decode(data, self._key)

@@ -264,13 +264,6 @@ class Store:
         ).fetchall()
         return [RequestRow(**dict(r)) for r in rows]
 
-    def func(self, broker_id: str, request_id: int) -> bytes:
-        row = self._db.execute(
-            "SELECT func FROM requests WHERE broker_id = ? AND request_id = ?",
-            (broker_id, request_id),
-        ).fetchone()
-        return bytes(row["func"])
-
     def counts(self, broker_id: str, request_id: int) -> dict[str, int]:
         rows = self._db.execute(
             "SELECT status, count(*) AS n FROM results WHERE broker_id = ? AND request_id = ?"
