@@ -161,6 +161,11 @@ def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
         )
 
 
+def _interactive() -> bool:
+    """A terminal or a notebook: somewhere a progress bar redraws instead of piling up."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
 def _collate_until_done(
     request: OpenRequest, done: int, verbose: bool, timeout: float | None
 ) -> None:
@@ -168,7 +173,7 @@ def _collate_until_done(
     collator = request.collator()
     deadline = None if timeout is None else time.monotonic() + timeout
     next_check = time.monotonic() + LIVENESS_INTERVAL
-    with tqdm(total=total, initial=done, disable=not (verbose and sys.stderr.isatty()),
+    with tqdm(total=total, initial=done, disable=not (verbose and _interactive()),
               unit="task", desc=f"request {request.row.request_id}", file=sys.stderr) as bar:
         while done < total:
             collator.step(block_ms=250)
