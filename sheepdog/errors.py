@@ -7,6 +7,8 @@
     ├── SerialisationError     a function, argument or result cannot be pickled
     ├── IntegrityError         a payload failed its HMAC check (not from us)
     ├── SubmitError            the scheduler refused the array job
+    │   └── RemoteCommandError   a command on the head node failed (exit status, output)
+    ├── SSHError               cannot connect, unknown or changed host key, auth failed
     ├── RequestNotFound        no such request id in the dbfile
     ├── RequestFailed          the request cannot finish (cancelled, runner died)
     ├── TaskErrors             map(..., raise_errors=True) and some tasks failed
@@ -47,6 +49,28 @@ class IntegrityError(SheepdogError):
 
 class SubmitError(SheepdogError):
     """The scheduler refused to start the array job."""
+
+
+class RemoteCommandError(SubmitError):
+    """A command run on the head node failed; carries what it printed."""
+
+    def __init__(self, where: str, command: str, exit_status: int, stdout: str, stderr: str
+                 ) -> None:
+        self.where = where
+        self.command = command
+        self.exit_status = exit_status
+        self.stdout = stdout
+        self.stderr = stderr
+        said = (stderr.strip() or stdout.strip() or "(no output)")[-2000:]
+        super().__init__(f"`{command}` on {where} exited with status {exit_status}: {said}")
+
+    def __reduce__(self) -> tuple[type[RemoteCommandError], tuple[str, str, int, str, str]]:
+        return (RemoteCommandError,
+                (self.where, self.command, self.exit_status, self.stdout, self.stderr))
+
+
+class SSHError(SheepdogError):
+    """The SSH connection to the head node could not be made or trusted."""
 
 
 class RequestNotFound(SheepdogError, LookupError):

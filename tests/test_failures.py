@@ -208,7 +208,8 @@ def test_cancel_stops_the_job_and_map_says_so(dbfile: str) -> None:
     assert len(_live_processes_of(request_id, dbfile)) == 3  # the runner and two workers
     assert sheepdog.cancel(request_id, dbfile) == 4
     _wait_gone(request_id, dbfile)
-    with pytest.raises(RequestFailed, match=f"request {request_id} was cancelled; 0 of 4"):
+    expected = f"request {request_id} was cancelled \\(cancelled by the user\\); 0 of 4"
+    with pytest.raises(RequestFailed, match=expected):
         sheepdog.get_results(request_id, dbfile, timeout=30)
     assert sheepdog.get_results(request_id, dbfile, block=False) == [(i, None) for i in range(4)]
     assert all("cancelled by the user" in e for _, e in sheepdog.get_errors(request_id, dbfile))
@@ -226,7 +227,9 @@ def test_runner_that_dies_gives_lost_tasks_not_a_hang(dbfile: str) -> None:
     request_id = sheepdog.map_async(slow, range(3), {"dbfile": dbfile, "local_workers": 1})
     runner = _runner_pid(request_id, dbfile)
     os.kill(runner, signal.SIGKILL)
-    out = sheepdog.get_results(request_id, dbfile, timeout=60)
+    with pytest.raises(RequestFailed, match=r"was cancelled \(the local job .* ended before"):
+        sheepdog.get_results(request_id, dbfile, timeout=60)
+    out = sheepdog.get_results(request_id, dbfile, block=False)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(runner, signal.SIGKILL)  # its orphaned worker, if it had started one
     assert out == [(i, None) for i in range(3)]
@@ -245,6 +248,10 @@ def test_runner_that_dies_gives_lost_tasks_not_a_hang(dbfile: str) -> None:
         ({"broker_url": "http://x"}, "scheme 'http'; use one of redis://, rediss://, unix://"),
         ({"scheduler": "pbs"}, "scheduler 'pbs' is not one of local, gridengine"),
         ({"host": "fear", "scheduler": "local"}, "host 'fear' is set but scheduler is 'local'"),
+        ({"host": "fear"}, "Grid Engine workers need a broker they can reach"),
+        ({"scheduler": "gridengine"}, "Grid Engine workers need a broker they can reach"),
+        ({"ssh_tunnel": "sometimes"}, "ssh_tunnel must be one of auto, always, never"),
+        ({"ship_worker": "yes"}, "ship_worker must be True or False"),
     ],
 )
 def test_bad_config_is_refused_with_the_fix(config: dict[str, object], message: str) -> None:
@@ -256,7 +263,7 @@ def test_unknown_key_lists_every_valid_key_with_its_default() -> None:
     with pytest.raises(ConfigError) as caught:
         sheepdog.map_async(divide, [(1, 1)], {"nope": 1})
     text = str(caught.value)
-    for line in ("host = None", "ssh_port = 22", "ssh_dir = '.sheepdog'",
+    for line in ("host = None", "ssh_port = None", "ssh_dir = '.sheepdog'",
                  "dbfile = './sheepdog.sqlite'", "ge_opts = ()", "broker_url = None"):
         assert line in text
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sheepdog.broker import codec
-from sheepdog.errors import ConfigError, IntegrityError, SerialisationError, TaskErrors, TaskFailure
+from sheepdog.errors import IntegrityError, SerialisationError, TaskErrors, TaskFailure
 from sheepdog.submitter.config import Settings, describe
 from sheepdog.submitter.store import RequestRow, Store, stream_key
 from sheepdog.submitter.submit import positional
@@ -62,14 +63,19 @@ def test_settings_from_seed_config() -> None:
     assert s.scheduler_name == "local" and s.worker_python == sys.executable
     assert Settings.from_config(None) == Settings()
     assert Settings.from_config(s) is s
-    with pytest.raises(ConfigError, match="not available in this version"):
-        Settings.from_config({"host": "fear"})
+    ge = Settings.from_config({"host": "fear", "broker_url": "redis://:pw@head:6379/0"})
+    assert ge.scheduler_name == "gridengine" and ge.worker_python == "/usr/bin/python3"
+    assert "broker_url" not in ge.public()
+    from dataclasses import replace
+
+    assert Settings.from_public(json.dumps(ge.public())) == replace(ge, broker_url=None)
 
 
 def test_describe_lists_every_key_once() -> None:
     text = describe()
     for key in ("host", "ssh_port", "ssh_user", "ssh_keyfile", "ssh_dir", "dbfile", "shell",
-                "ge_opts", "broker_url", "scheduler", "local_workers"):
+                "ge_opts", "broker_url", "scheduler", "local_workers", "ship_worker",
+                "ssh_tunnel"):
         assert text.count(f"  {key} = ") == 1
 
 

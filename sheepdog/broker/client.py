@@ -124,9 +124,9 @@ class Broker:
         raw: Reply = self.client.hgetall(keys.leases(request_id))
         return {int(k): v.decode() for k, v in raw.items()}
 
-    def cancel(self, request_id: int, reason: str, status: str = "cancelled") -> int:
+    def cancel(self, request_id: int, reason: str) -> int:
         """Record every task without an outcome as lost; -1 if the request is unknown."""
-        argv = [reason, f"{time.time():.6f}", status]
+        argv = [reason, f"{time.time():.6f}", "cancelled"]
         return int(self.tasks.eval_script(scripts.CANCEL, request_id, argv))
 
     # -- collator side ------------------------------------------------------

@@ -27,7 +27,7 @@ SCHEMA_VERSION = "1"
 
 #: Fields of the request meta hash. All values are plain text.
 META_FIELDS = (
-    "status",  # submitting | queued | done | cancelled | failed
+    "status",  # submitting | queued | done | cancelled
     "n_tasks",  # number of array tasks, indices 1..n_tasks
     "function",  # module.qualname of the function
     "submitter",  # user@host of the submitting process
@@ -41,6 +41,7 @@ META_FIELDS = (
     "n_lost",  # tasks that died without an outcome (killed, node lost)
     "n_rejected",  # workers that asked for an index that is not part of the request
     "runner",  # local scheduler only: "host pid" of the process running the array
+    "reason",  # why the request was cancelled (by the user, or its job died or got stuck)
 )
 
 #: Fields of every entry of the results stream.

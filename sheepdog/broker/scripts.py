@@ -41,8 +41,8 @@ return 1
 """
 
 #: Give up on a request: every task without an outcome is recorded as lost
-#: with the reason in ARGV[1]; ARGV[2] is now, ARGV[3] the request's new status
-#: (cancelled, or failed when its job died). A request whose tasks all have
+#: with the reason in ARGV[1], which is also kept in the meta; ARGV[2] is now,
+#: ARGV[3] the request's new status (cancelled). A request whose tasks all have
 #: outcomes is left as it is. Returns how many tasks were given up, -1 if the
 #: request is unknown.
 CANCEL = """
@@ -53,7 +53,7 @@ local pending = redis.call('HKEYS', KEYS[2])
 if #pending == 0 then
   return 0
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[2], 'reason', ARGV[1])
 for _, idx in ipairs(pending) do
   redis.call('XADD', KEYS[4], '*', 'index', idx, 'status', 'lost', 'error', ARGV[1],
              'started', ARGV[2], 'finished', ARGV[2])

@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sheepdog.errors import TaskErrors, TaskFailure
-from sheepdog.submitter import results, schedulers
+from sheepdog.submitter import results
 from sheepdog.submitter.config import Settings
+from sheepdog.submitter.session import Session
 from sheepdog.submitter.submit import submit
 
 Config = Mapping[str, Any] | Settings | None
@@ -31,7 +32,8 @@ def map_async(
     names ``f`` finds as globals when it runs (helper functions, constants).
     Collect with ``get_results(request_id, dbfile)``, from any later process.
     """
-    return submit(f, args, ns, Settings.from_config(config))
+    with Session(Settings.from_config(config)) as session:
+        return submit(f, args, ns, session)
 
 
 def map(
@@ -50,19 +52,9 @@ def map(
     if not items:
         return []
     settings = Settings.from_config(config)
-    request_id = submit(f, items, ns, settings)
-    with results.open_request(request_id, settings.dbfile) as request:
-        try:
-            results.wait(request, verbose=verbose, timeout=timeout)
-        except KeyboardInterrupt:
-            print(
-                f"\nsheepdog: request {request_id} keeps running; collect it with"
-                f" sheepdog.get_results({request_id}) or stop it with `sheepdog cancel"
-                f" {request_id}`",
-                file=sys.stderr,
-            )
-            raise
-        outcomes = results.outcomes(request)
+    with Session(settings) as session:  # one head-node connection for submit and wait
+        request_id = submit(f, items, ns, session)
+        outcomes = _wait(request_id, settings.dbfile, session, verbose, timeout)
     failures = [TaskFailure(o.index, o.args, o.error or "") for o in outcomes if o.status != "ok"]
     if failures and raise_errors:
         raise TaskErrors(request_id, failures)
@@ -75,6 +67,22 @@ def map(
             file=sys.stderr,
         )
     return [o.value for o in outcomes]
+
+
+def _wait(request_id: int, dbfile: str, session: Session, verbose: bool,
+          timeout: float | None) -> list[results.Outcome]:
+    with results.open_request(request_id, dbfile, session) as request:
+        try:
+            results.wait(request, verbose=verbose, timeout=timeout)
+        except KeyboardInterrupt:
+            print(
+                f"\nsheepdog: request {request_id} keeps running; collect it with"
+                f" sheepdog.get_results({request_id}) or stop it with `sheepdog cancel"
+                f" {request_id}`",
+                file=sys.stderr,
+            )
+            raise
+        return results.outcomes(request)
 
 
 def get_results(
@@ -117,6 +125,6 @@ def cancel(request_id: int, dbfile: str | None = None) -> int:
         broker = request.connect()
         cancelled = broker.cancel(request_id, "cancelled by the user")
         job_ids = [j for j in request.row.job_ids.split(",") if j]
-        schedulers.get(request.row.scheduler).cancel(job_ids)
+        request.session.scheduler().cancel(job_ids)
         results.collect_available(request)
         return max(cancelled, 0)

@@ -15,26 +15,28 @@ from sheepdog.broker.client import Broker
 from sheepdog.broker.urls import redact
 from sheepdog.errors import BrokerError
 from sheepdog.submitter import credentials, paths
-from sheepdog.submitter.config import Settings
+from sheepdog.submitter.session import Session
 
 EMBEDDED = "embedded:"
 
 
-def connect_for_submit(settings: Settings) -> tuple[Broker, str, bytes]:
-    """(broker, location, master key) for a new request under ``settings``."""
-    if settings.broker_url is None:
+def connect_for_submit(session: Session) -> tuple[Broker, str, bytes, str]:
+    """(broker, location, master key, URL for the workers) for a new request."""
+    broker_url = session.settings.broker_url
+    if broker_url is None:
         state_dir = paths.embedded_broker_dir()
-        url = embedded.ensure_running(state_dir)
+        worker_url = url = embedded.ensure_running(state_dir)
         location = f"{EMBEDDED}{state_dir}"
     else:
-        url = settings.broker_url
-        location = redact(url)
+        worker_url = broker_url
+        url = session.reachable_url(broker_url)
+        location = redact(broker_url)
     broker = Broker.from_url(url)
-    master = credentials.remember(broker.broker_id, url)
-    return broker, location, master
+    master = credentials.remember(broker.broker_id, worker_url)
+    return broker, location, master, worker_url
 
 
-def reconnect(broker_id: str, location: str) -> tuple[Broker, bytes]:
+def reconnect(broker_id: str, location: str, session: Session) -> tuple[Broker, bytes]:
     """(broker, master key) of a request recorded with ``broker_id`` at ``location``."""
     known = credentials.lookup(broker_id)
     if known is None:
@@ -45,6 +47,8 @@ def reconnect(broker_id: str, location: str) -> tuple[Broker, bytes]:
     url, master = known
     if location.startswith(EMBEDDED):
         url = embedded.ensure_running(Path(location[len(EMBEDDED):]))
+    else:
+        url = session.reachable_url(url)
     broker = Broker.from_url(url)
     if broker.broker_id != broker_id:
         broker.close()

@@ -8,17 +8,18 @@ known is refused with the list of valid keys, so a typo cannot pass silently.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sheepdog.broker.urls import check_url
 from sheepdog.errors import BrokerError, ConfigError
 
 SCHEDULERS = ("local", "gridengine")
-AVAILABLE_SCHEDULERS = ("local",)
+TUNNEL_MODES = ("auto", "always", "never")
 
 #: Keys of the original Sheepdog that no longer mean anything, with why.
 RETIRED_KEYS = {
@@ -41,7 +42,9 @@ class Settings:
     host: str | None = field(
         default=None, metadata=_doc("head node to submit to over SSH; none means this machine")
     )
-    ssh_port: int = field(default=22, metadata=_doc("SSH port of host"))
+    ssh_port: int | None = field(
+        default=None, metadata=_doc("SSH port of host; default: ~/.ssh/config, else 22")
+    )
     ssh_user: str | None = field(
         default=None, metadata=_doc("SSH user; default: ~/.ssh/config, else the current user")
     )
@@ -76,6 +79,16 @@ class Settings:
         default=None,
         metadata=_doc("local scheduler: how many tasks run at once; default: the number of CPUs"),
     )
+    ship_worker: bool = field(
+        default=True,
+        metadata=_doc("cluster: upload the worker as a zipapp (nodes need only Python); False:"
+                      " the nodes' shell has sheepdog installed"),
+    )
+    ssh_tunnel: str = field(
+        default="auto",
+        metadata=_doc("reach broker_url through the SSH connection: auto (when it cannot be"
+                      " reached directly), always, never"),
+    )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Settings | None) -> Settings:
@@ -98,11 +111,14 @@ class Settings:
         name = self.scheduler_name
         if name not in SCHEDULERS:
             raise ConfigError(f"scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
-        if name not in AVAILABLE_SCHEDULERS:
+        if name == "gridengine" and self.broker_url is None:
             raise ConfigError(
-                f"scheduler {name!r} is not available in this version of sheepdog; available:"
-                f" {', '.join(AVAILABLE_SCHEDULERS)}. Leave out 'host' to run on this machine."
+                "Grid Engine workers need a broker they can reach: set 'broker_url' to a"
+                " Redis/Valkey server on the head node or a service node, e.g."
+                " 'redis://:PASSWORD@headnode:6379/0' (see docs/cluster.md)"
             )
+        if self.ssh_tunnel not in TUNNEL_MODES:
+            raise ConfigError(f"ssh_tunnel must be one of {', '.join(TUNNEL_MODES)}")
         if name == "local" and self.host is not None:
             raise ConfigError(
                 f"host {self.host!r} is set but scheduler is 'local', which runs on this"
@@ -125,8 +141,19 @@ class Settings:
     def workers(self) -> int:
         return self.local_workers or os.cpu_count() or 1
 
-    def with_dbfile(self, dbfile: str | None) -> Settings:
-        return self if dbfile is None else replace(self, dbfile=dbfile)
+    @classmethod
+    def from_public(cls, text: str) -> Settings:
+        """Settings kept in the dbfile by ``public``; broker_url comes from credentials."""
+        values = json.loads(text)
+        values["ge_opts"] = tuple(values.get("ge_opts", ()))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def public(self) -> dict[str, Any]:
+        """The settings without broker_url (which may hold a password), for the dbfile."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "broker_url"}
+        values["ge_opts"] = list(self.ge_opts)
+        return values
 
 
 def describe() -> str:
@@ -164,8 +191,12 @@ def _coerce(name: str, value: Any) -> Any:
                 f" ['-l h_rt=1:00:00', '-r y']; got {value!r}"
             )
         return tuple(value)
+    if name == "ship_worker":
+        if not isinstance(value, bool):
+            raise ConfigError(f"ship_worker must be True or False, got {value!r}")
+        return value
     if name in ("ssh_port", "local_workers"):
-        if value is None and name == "local_workers":
+        if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive whole number, got {value!r}")

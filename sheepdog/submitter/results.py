@@ -20,16 +20,18 @@ from tqdm import tqdm
 from sheepdog.broker import codec
 from sheepdog.broker.client import Broker
 from sheepdog.errors import BrokerError, RequestFailed, ResultsTimeout, SerialisationError
-from sheepdog.submitter import credentials, schedulers
+from sheepdog.submitter import credentials
 from sheepdog.submitter.brokers import reconnect
 from sheepdog.submitter.collator import Collator
+from sheepdog.submitter.config import Settings
+from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import RequestRow, Store, TaskRow
 
 #: Seconds the broker keeps a request once every outcome is in the dbfile.
 RESULT_TTL = 7 * 24 * 3600
 
 #: Request statuses after which nothing more will arrive.
-FINAL = ("done", "cancelled", "failed")
+FINAL = ("done", "cancelled")
 
 #: Seconds between checks that the request's job is still alive.
 LIVENESS_INTERVAL = 2.0
@@ -50,12 +52,13 @@ class Outcome:
 class OpenRequest:
     store: Store
     row: RequestRow
+    session: Session
     broker: Broker | None = None
     key: bytes | None = None
 
     def connect(self) -> Broker:
         if self.broker is None:
-            self.broker, master = reconnect(self.row.broker_id, self.row.location)
+            self.broker, master = reconnect(self.row.broker_id, self.row.location, self.session)
             self.key = credentials.request_key(master, self.row.request_id)
         return self.broker
 
@@ -69,14 +72,25 @@ class OpenRequest:
 
 
 @contextlib.contextmanager
-def open_request(request_id: int, dbfile: str) -> Iterator[OpenRequest]:
+def open_request(
+    request_id: int, dbfile: str, session: Session | None = None
+) -> Iterator[OpenRequest]:
+    """The request in ``dbfile``; its broker and head node are connected on first use.
+
+    Without a ``session``, one is made from the settings the dbfile kept, and
+    closed at the end.
+    """
     with Store(dbfile) as store:
-        request = OpenRequest(store, store.request(request_id))
+        row = store.request(request_id)
+        own = Session(Settings.from_public(row.settings)) if session is None else None
+        request = OpenRequest(store, row, session or own)  # type: ignore[arg-type]
         try:
             yield request
         finally:
             if request.broker is not None:
                 request.broker.close()
+            if own is not None:
+                own.close()
 
 
 def collect_available(request: OpenRequest) -> None:
@@ -108,12 +122,16 @@ def _check_alive(request: OpenRequest) -> None:
     if meta.get("status") != "queued":
         return
     job_ids = [j for j in meta.get("job_ids", "").split(",") if j]
-    if schedulers.get(request.row.scheduler).alive(job_ids) is False:
+    scheduler = request.session.scheduler()
+    state = scheduler.state(job_ids)
+    if state.problem:
+        scheduler.cancel(job_ids)
+        broker.cancel(rid, f"{state.problem}; sheepdog deleted the job")
+    elif state.alive is False:
         broker.cancel(
             rid,
-            f"the {request.row.scheduler} job {','.join(job_ids)} ended before this task"
-            " had an outcome",
-            status="failed",
+            f"the {request.row.scheduler} job {','.join(job_ids)} ended before this task had"
+            " an outcome (deleted, e.g. with qdel, or killed)",
         )
 
 
@@ -146,6 +164,16 @@ def _resync(request: OpenRequest) -> None:
         )
 
 
+def _reason(request: OpenRequest) -> str:
+    """Why the request was cancelled, from the broker or the lost tasks in the dbfile."""
+    with contextlib.suppress(BrokerError):
+        reason = request.connect().meta(request.row.request_id).get("reason")
+        if reason:
+            return reason
+    lost = [o.error for o in outcomes(request) if o.status == "lost" and o.error]
+    return lost[0] if lost else "no reason recorded"
+
+
 def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
     """Collate until every task has an outcome (see the module docstring)."""
     total = request.row.n_tasks
@@ -156,8 +184,8 @@ def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
         rid = request.row.request_id
         counts = request.store.counts(request.row.broker_id, rid)
         raise RequestFailed(
-            f"request {rid} was cancelled; {counts['ok']} of {total} tasks had"
-            f" finished. get_results({rid}, block=False) returns those."
+            f"request {rid} was cancelled ({_reason(request)}); {counts['ok']} of {total}"
+            f" tasks had finished. get_results({rid}, block=False) returns those."
         )
 
 

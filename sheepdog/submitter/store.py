@@ -11,7 +11,7 @@ Schema (version 1)::
                                                         password-free URL
     requests  (broker_id, request_id) PK, function, n_tasks, func, scheduler,
               job_ids, created, status (submitted, then the broker's final status:
-              done | cancelled | failed)
+              done | cancelled), settings (the config as JSON, without broker_url)
     tasks     (broker_id, request_id, idx) PK, args      args: codec envelope of the item
     results   (broker_id, request_id, idx) PK, status, value, error, host, pid,
               started, finished, stdout, stderr, stream_key
@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS requests (
     job_ids    TEXT NOT NULL DEFAULT '',
     created    REAL NOT NULL,
     status     TEXT NOT NULL DEFAULT 'submitted',
+    settings   TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (broker_id, request_id)
 );
 CREATE TABLE IF NOT EXISTS tasks (
@@ -123,6 +124,7 @@ class RequestRow:
     job_ids: str
     created: float
     status: str = "submitted"
+    settings: str = "{}"
 
 
 @dataclass(frozen=True)
@@ -196,9 +198,9 @@ class Store:
             )
             db.execute(
                 "INSERT INTO requests (broker_id, request_id, function, n_tasks, func,"
-                " scheduler, job_ids, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " scheduler, job_ids, created, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.broker_id, row.request_id, row.function, row.n_tasks, func,
-                 row.scheduler, row.job_ids, row.created),
+                 row.scheduler, row.job_ids, row.created, row.settings),
             )
             db.executemany(
                 "INSERT INTO tasks VALUES (?, ?, ?, ?)",
@@ -239,7 +241,7 @@ class Store:
     def request(self, request_id: int) -> RequestRow:
         rows = self._db.execute(
             "SELECT r.broker_id, r.request_id, b.location, r.function, r.n_tasks,"
-            " r.scheduler, r.job_ids, r.created, r.status FROM requests r"
+            " r.scheduler, r.job_ids, r.created, r.status, r.settings FROM requests r"
             " JOIN brokers b USING (broker_id) WHERE r.request_id = ?",
             (request_id,),
         ).fetchall()
@@ -259,7 +261,7 @@ class Store:
     def requests(self) -> list[RequestRow]:
         rows = self._db.execute(
             "SELECT r.broker_id, r.request_id, b.location, r.function, r.n_tasks,"
-            " r.scheduler, r.job_ids, r.created, r.status FROM requests r"
+            " r.scheduler, r.job_ids, r.created, r.status, r.settings FROM requests r"
             " JOIN brokers b USING (broker_id) ORDER BY r.created"
         ).fetchall()
         return [RequestRow(**dict(r)) for r in rows]

@@ -9,6 +9,7 @@ dbfile rows behind.
 from __future__ import annotations
 
 import getpass
+import json
 import platform
 import socket
 import time
@@ -18,10 +19,10 @@ from typing import Any
 from sheepdog.broker import codec
 from sheepdog.broker.client import Broker
 from sheepdog.errors import SheepdogError, SubmitError
-from sheepdog.submitter import credentials, paths, schedulers
+from sheepdog.submitter import credentials, paths
 from sheepdog.submitter.brokers import connect_for_submit
-from sheepdog.submitter.config import Settings
-from sheepdog.submitter.schedulers import ArrayJob
+from sheepdog.submitter.schedulers import ArrayJob, Scheduler
+from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import RequestRow, Store
 from sheepdog.worker_bootstrap.environment import JobFile
 
@@ -62,12 +63,17 @@ def _encode_tasks(items: list[object], key: bytes) -> tuple[list[bytes], list[by
 
 
 def submit(
-    f: Callable[..., Any], args: Iterable[object], ns: Mapping[str, Any] | None, settings: Settings
+    f: Callable[..., Any], args: Iterable[object], ns: Mapping[str, Any] | None,
+    session: Session,
 ) -> int:
     """Start ``f`` over ``args`` as one array job; return the request id."""
     _check_inputs(f, ns)
     items = list(args)
-    broker, location, master = connect_for_submit(settings)
+    settings = session.settings
+    scheduler = session.scheduler()
+    if items:
+        scheduler.prepare(settings)  # bad options or interpreter: refused before any push
+    broker, location, master, worker_url = connect_for_submit(session)
     try:
         request_id = broker.new_request_id()
         key = credentials.request_key(master, request_id)
@@ -76,12 +82,20 @@ def submit(
         row = RequestRow(
             broker_id=broker.broker_id, request_id=request_id, location=location,
             function=function_name(f), n_tasks=len(items), scheduler=settings.scheduler_name,
-            job_ids="", created=time.time(),
+            job_ids="", created=time.time(), settings=json.dumps(settings.public()),
         )
         with Store(settings.dbfile) as store:
             store.add_request(row, func_payload, stored)
             try:
-                _push_and_start(broker, store, row, settings, func_payload, pushed, key)
+                broker.create_request(request_id, _meta(row), func_payload, pushed)
+                if pushed:
+                    job = ArrayJob(
+                        request_id, row.n_tasks, f"{broker.broker_id[:8]}-{request_id}",
+                        JobFile(broker_url=worker_url, request_id=request_id, key=key.hex(),
+                                scheduler=row.scheduler),
+                        paths.job_dir(broker.broker_id, request_id), settings,
+                    )
+                    _start(broker, store, row, scheduler, job)
             except BaseException:
                 broker.delete_request(request_id)
                 store.delete_request(broker.broker_id, request_id)
@@ -91,12 +105,9 @@ def submit(
         broker.close()
 
 
-def _push_and_start(
-    broker: Broker, store: Store, row: RequestRow, settings: Settings,
-    func_payload: bytes, pushed: list[bytes], key: bytes,
-) -> None:
-    meta = {
-        "status": "submitting" if pushed else "done",
+def _meta(row: RequestRow) -> dict[str, str | int]:
+    return {
+        "status": "submitting" if row.n_tasks else "done",
         "n_tasks": row.n_tasks,
         "function": row.function,
         "submitter": f"{getpass.getuser()}@{socket.gethostname()}",
@@ -106,18 +117,11 @@ def _push_and_start(
         "created": f"{row.created:.6f}",
         "n_ok": 0, "n_error": 0, "n_lost": 0, "n_rejected": 0,
     }
-    broker.create_request(row.request_id, meta, func_payload, pushed)
-    if not pushed:
-        return  # nothing to run: the empty request is complete as it stands
-    job_dir = paths.job_dir(broker.broker_id, row.request_id)
-    job_file = job_dir / "job.json"
-    JobFile(
-        broker_url=broker.url, request_id=row.request_id, key=key.hex(),
-        scheduler=row.scheduler,
-    ).dump(job_file)
-    scheduler = schedulers.get(row.scheduler)
+
+
+def _start(broker: Broker, store: Store, row: RequestRow, scheduler: Scheduler, job: ArrayJob
+           ) -> None:
     try:
-        job = ArrayJob(row.request_id, row.n_tasks, job_file, job_dir, settings)
         job_ids = scheduler.submit(job)
     except SheepdogError:
         raise

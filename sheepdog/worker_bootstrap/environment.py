@@ -34,11 +34,15 @@ class JobFile:
     scheduler: str
     connect_attempts: int = 5
     connect_retry_delay: float = 2.0
+    memory_limit: int | None = None  # bytes of address space (RLIMIT_AS), from mem_grab
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
 
     def dump(self, path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
+            f.write(self.dumps())
 
     @classmethod
     def load(cls, path: Path) -> JobFile:

@@ -1,15 +1,7 @@
-"""Scheduler adapters: one small module each, chosen by name."""
+"""Scheduler adapters: one small module each. ``Session.scheduler`` picks one."""
 
 from __future__ import annotations
 
-from sheepdog.submitter.schedulers.base import ArrayJob, Scheduler
-from sheepdog.submitter.schedulers.local import LocalScheduler
+from sheepdog.submitter.schedulers.base import ArrayJob, JobState, Scheduler
 
-
-def get(name: str) -> Scheduler:
-    if name == "local":
-        return LocalScheduler()
-    raise ValueError(f"no scheduler adapter named {name!r}")
-
-
-__all__ = ["ArrayJob", "LocalScheduler", "Scheduler", "get"]
+__all__ = ["ArrayJob", "JobState", "Scheduler"]

@@ -1,4 +1,4 @@
-"""What every scheduler adapter provides: submit an array, cancel it, say if it lives."""
+"""What every scheduler adapter provides: submit an array, cancel it, report its state."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sheepdog.submitter.config import Settings
+from sheepdog.worker_bootstrap.environment import JobFile
 
 
 @dataclass(frozen=True)
@@ -15,13 +16,23 @@ class ArrayJob:
 
     request_id: int
     n_tasks: int
-    job_file: Path  # the worker's JobFile (mode 0600)
-    job_dir: Path  # where logs of this job go
+    name: str  # unique per broker and request, safe in file names
+    job_file: JobFile  # what every task needs; the adapter writes it (mode 0600)
+    local_dir: Path  # a private directory on this machine for the adapter's files
     settings: Settings
+
+
+@dataclass(frozen=True)
+class JobState:
+    alive: bool | None  # None: cannot be told from here
+    problem: str | None = None  # the job is stuck and will not run: why
 
 
 class Scheduler(Protocol):
     name: str
+
+    def prepare(self, settings: Settings) -> None:
+        """Check what can be checked before anything is pushed (options, interpreter)."""
 
     def submit(self, job: ArrayJob) -> list[str]:
         """Start the array job; return its job ids. Raise SubmitError if refused."""
@@ -29,5 +40,5 @@ class Scheduler(Protocol):
     def cancel(self, job_ids: list[str]) -> None:
         """Stop the array job's running and queued tasks."""
 
-    def alive(self, job_ids: list[str]) -> bool | None:
-        """Whether the job may still produce outcomes; None when it cannot be told."""
+    def state(self, job_ids: list[str]) -> JobState:
+        """Whether the job may still produce outcomes, and what blocks it if stuck."""

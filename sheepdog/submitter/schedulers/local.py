@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from sheepdog.errors import SubmitError
-from sheepdog.submitter.schedulers.base import ArrayJob
+from sheepdog.submitter.config import Settings
+from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 
 
 def _parse(job_id: str) -> tuple[str, int]:
@@ -46,11 +47,16 @@ def _pid_alive(pid: int) -> bool:
 class LocalScheduler:
     name = "local"
 
+    def prepare(self, settings: Settings) -> None:
+        pass  # a wrong 'shell' shows as lost tasks with the reason (it cannot be probed cheaper)
+
     def submit(self, job: ArrayJob) -> list[str]:
+        job_file = job.local_dir / "job.json"
+        job.job_file.dump(job_file)
         command = [
             sys.executable, "-m", "sheepdog.submitter.schedulers.local_runner", "--detach",
-            str(job.job_file), str(job.n_tasks), str(job.settings.workers),
-            job.settings.worker_python, str(job.job_dir / "runner.log"),
+            str(job_file), str(job.n_tasks), str(job.settings.workers),
+            job.settings.worker_python, str(job.local_dir / "runner.log"),
         ]
         # Like multiprocessing's spawn: workers see the submitter's cwd and sys.path,
         # so functions from the user's own modules unpickle there.
@@ -77,8 +83,8 @@ class LocalScheduler:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)  # the runner and its workers
 
-    def alive(self, job_ids: list[str]) -> bool | None:
+    def state(self, job_ids: list[str]) -> JobState:
         hosts_pids = [_parse(j) for j in job_ids]
         if any(host != socket.gethostname() for host, _ in hosts_pids):
-            return None
-        return any(_pid_alive(pid) for _, pid in hosts_pids)
+            return JobState(None)
+        return JobState(any(_pid_alive(pid) for _, pid in hosts_pids))

@@ -1,0 +1,157 @@
+"""Running commands and writing files on the head node: over SSH, or right here.
+
+``Remote`` is what a cluster scheduler adapter needs of the head node. Every
+command's exit status and stderr are checked by ``check``; nothing is run and
+forgotten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import secrets
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import paramiko
+
+from sheepdog.errors import RemoteCommandError
+from sheepdog.submitter import ssh
+
+#: Seconds a head-node command may take (qsub, qstat, qdel are quick).
+COMMAND_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Completed:
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+class Remote(Protocol):
+    where: str  # for messages: "sgeuser@head:22" or "this machine"
+
+    def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Completed: ...
+
+    def put(self, path: str, data: bytes, mode: int) -> None:
+        """Write ``data`` to ``path`` atomically, created with ``mode``."""
+
+    def exists(self, path: str) -> bool: ...
+
+    def remove(self, path: str) -> None: ...
+
+    def home(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def check(remote: Remote, result: Completed) -> Completed:
+    if result.exit_status != 0:
+        raise RemoteCommandError(
+            remote.where, result.command, result.exit_status, result.stdout, result.stderr
+        )
+    return result
+
+
+def run_checked(remote: Remote, command: str) -> str:
+    return check(remote, remote.run(command)).stdout
+
+
+class LocalRemote:
+    """The head node is this machine: qsub and friends run here, without SSH."""
+
+    where = "this machine"
+
+    def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Completed:
+        proc = subprocess.run(
+            ["/bin/sh", "-c", command], capture_output=True, text=True, timeout=timeout,
+            check=False, stdin=subprocess.DEVNULL,
+        )
+        return Completed(command, proc.returncode, proc.stdout, proc.stderr)
+
+    def put(self, path: str, data: bytes, mode: int) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temp, target)
+
+    def exists(self, path: str) -> bool:
+        return Path(path).exists()
+
+    def remove(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
+
+    def home(self) -> str:
+        return str(Path.home())
+
+    def close(self) -> None:
+        pass
+
+
+class SSHRemote:
+    """The head node over one SSH connection (commands and SFTP share it)."""
+
+    def __init__(self, client: paramiko.SSHClient, target: ssh.Target) -> None:
+        self.client = client
+        self.target = target
+        self.where = f"{target.user}@{target.alias}"
+        self._sftp: paramiko.SFTPClient | None = None
+
+    @classmethod
+    def connect(cls, target: ssh.Target) -> SSHRemote:
+        return cls(ssh.connect(target), target)
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self.client.open_sftp()
+        return self._sftp
+
+    def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Completed:
+        _stdin, stdout, stderr = self.client.exec_command(command, timeout=timeout)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        return Completed(command, stdout.channel.recv_exit_status(), out, err)
+
+    def _mkdirs(self, directory: str) -> None:
+        missing = []
+        while directory not in ("", "/") and not self.exists(directory):
+            missing.append(directory)
+            directory = posixpath.dirname(directory)
+        for path in reversed(missing):
+            self.sftp.mkdir(path, mode=0o700)
+
+    def put(self, path: str, data: bytes, mode: int) -> None:
+        self._mkdirs(posixpath.dirname(path))
+        temp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.part")
+        with self.sftp.open(temp, "wb") as f:
+            f.chmod(mode)  # before any byte is written: credentials never sit world-readable
+            f.write(data)
+        self.sftp.posix_rename(temp, path)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.sftp.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.sftp.remove(path)
+
+    def home(self) -> str:
+        return self.sftp.normalize(".")
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        self.client.close()

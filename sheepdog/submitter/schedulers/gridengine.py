@@ -1,0 +1,226 @@
+"""Grid Engine: one array job per request, submitted with qsub on the head node.
+
+The job script is a Python script (run by ``shell``, passed as ``-S``): its
+``#$`` lines carry ``-S``, ``-t 1-N``, ``-N`` and one line per ``ge_opts``
+entry; its body starts worker_bootstrap, from the zipapp or from an installed
+sheepdog. Paths never go into ``#$`` lines (Grid Engine's quoting there is
+not to be relied on): they are Python literals in the body, and shell-quoted
+arguments of qsub (``-o``, ``-e``, ``-wd``) unless ``ge_opts`` sets those.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+import sys
+from dataclasses import dataclass, replace
+
+from sheepdog.errors import ConfigError, SubmitError
+from sheepdog.submitter import zipapp
+from sheepdog.submitter.config import Settings
+from sheepdog.submitter.remote import Remote, check, run_checked
+from sheepdog.submitter.schedulers.base import ArrayJob, JobState
+
+SUBMIT_COMMAND = "qsub"
+CANCEL_COMMAND = "qdel"
+#: Grid Engine's default max_aj_tasks, used when qconf cannot tell.
+DEFAULT_MAX_ARRAY = 75000
+#: Options sheepdog always sets itself; refused in ge_opts.
+FORCED = {"-t": "the array range is always 1-N", "-S": "set the 'shell' config key instead"}
+#: Options sheepdog sets unless ge_opts does.
+DEFAULTED = ("-o", "-e", "-wd", "-cwd", "-N", "-j")
+#: Resources whose value becomes the worker's address-space limit (RLIMIT_AS).
+MEMORY_RESOURCES = ("mem_grab",)
+_HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
+_UNITS = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2, "g": 1000**3, "G": 1024**3,
+          "t": 1000**4, "T": 1024**4}
+
+
+@dataclass(frozen=True)
+class JobScript:
+    """Everything the job script says; ``render`` turns it into text."""
+
+    shell: str
+    first: int
+    last: int
+    name: str
+    ge_opts: tuple[str, ...]
+    job_file: str  # absolute path on the cluster
+    zipapp: str | None  # absolute path of the worker zipapp; None: sheepdog is installed
+
+
+def render(script: JobScript) -> str:
+    lines = [
+        f"#!{script.shell}",
+        f"#$ -S {script.shell}",
+        f"#$ -t {script.first}-{script.last}",
+        f"#$ -N {script.name}",
+        *(f"#$ {opt}" for opt in script.ge_opts),
+        "# sheepdog array job: every task runs worker_bootstrap for its $SGE_TASK_ID.",
+        "import sys",
+    ]
+    if script.zipapp is not None:
+        lines.append(f"sys.path.insert(0, {script.zipapp!r})")
+    lines += [
+        "from sheepdog.worker_bootstrap.run import main",
+        f"raise SystemExit(main([{script.job_file!r}]))",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def qsub_command(script_path: str, job_dir: str, ge_opts: tuple[str, ...]) -> str:
+    """The qsub command line: -terse, and defaults for what ge_opts leaves unset."""
+    given = {shlex.split(opt)[0] for opt in ge_opts if opt.strip()}
+    args = [SUBMIT_COMMAND, "-terse"]
+    if not given & {"-o", "-j"}:
+        args += ["-o", job_dir + "/"]
+    if not given & {"-e", "-j"}:
+        args += ["-e", job_dir + "/"]
+    if not given & {"-wd", "-cwd"}:
+        args += ["-wd", job_dir]
+    return " ".join(shlex.quote(a) for a in [*args, script_path])
+
+
+def parse_job_id(stdout: str) -> str:
+    """The job id in qsub -terse output ('123' or, for an array, '123.1-4:1')."""
+    match = re.match(r"\s*(\d+)", stdout)
+    if not match:
+        raise SubmitError(f"qsub printed no job id: {stdout!r}")
+    return match.group(1)
+
+
+def check_ge_opts(ge_opts: tuple[str, ...], shell: str) -> None:
+    if any(c.isspace() for c in shell):
+        raise ConfigError(
+            f"shell {shell!r} contains white space, which Grid Engine's -S cannot carry;"
+            " use a path without spaces (a symlink will do)"
+        )
+    for opt in ge_opts:
+        words = shlex.split(opt)
+        if not words or not words[0].startswith("-"):
+            raise ConfigError(f"ge_opts entry {opt!r} is not an option (e.g. '-l h_rt=1:00:00')")
+        if words[0] in FORCED:
+            raise ConfigError(f"ge_opts must not set {words[0]}: {FORCED[words[0]]}")
+
+
+def parse_memory(value: str) -> int:
+    """Bytes in a Grid Engine memory value: 2G, 512M, 1.5g, 1000."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)", value.strip())
+    if not match:
+        raise ConfigError(f"{value!r} is not a Grid Engine memory value like 2G or 512M")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def memory_limit(ge_opts: tuple[str, ...]) -> int | None:
+    """The RLIMIT_AS for workers from ``-l mem_grab=...``, if any."""
+    for opt in ge_opts:
+        words = shlex.split(opt)
+        if words[:1] != ["-l"]:
+            continue
+        for resource in ",".join(words[1:]).split(","):
+            name, _, value = resource.partition("=")
+            if name.strip() in MEMORY_RESOURCES:
+                return parse_memory(value)
+    return None
+
+
+def chunks(n_tasks: int, size: int) -> list[tuple[int, int]]:
+    """1-based index ranges of at most ``size`` tasks covering 1..n_tasks."""
+    return [(start, min(start + size - 1, n_tasks)) for start in range(1, n_tasks + 1, size)]
+
+
+class GridEngine:
+    name = "gridengine"
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self._zipapp_path: str | None = None
+
+    def _absolute(self, path: str) -> str:
+        return path if posixpath.isabs(path) else posixpath.join(self.remote.home(), path)
+
+    def max_array(self) -> int:
+        result = self.remote.run("qconf -sconf")
+        match = re.search(r"^max_aj_tasks\s+(\d+)", result.stdout, re.MULTILINE)
+        return int(match.group(1)) if result.exit_status == 0 and match else DEFAULT_MAX_ARRAY
+
+    def _zipapp(self, ssh_dir: str) -> str:
+        data, digest = zipapp.build()
+        path = posixpath.join(ssh_dir, zipapp.file_name(digest))
+        if not self.remote.exists(path):
+            self.remote.put(path, data, 0o644)
+        return path
+
+    def _probe(self, settings: Settings) -> None:
+        """Run the worker's Python on the head node: it exists, and its version matches."""
+        code = 'import sys; print("%d.%d" % sys.version_info[:2])'
+        if not settings.ship_worker:
+            code += "; import sheepdog.worker_bootstrap.run"
+        result = self.remote.run(f"{shlex.quote(settings.worker_python)} -c {shlex.quote(code)}")
+        needs = " with sheepdog installed" if not settings.ship_worker else ""
+        if result.exit_status != 0:
+            said = (result.stderr.strip() or result.stdout.strip())[-500:]
+            raise SubmitError(
+                f"the worker Python {settings.worker_python!r} does not run on"
+                f" {self.remote.where} (exit status {result.exit_status}: {said}). Set the"
+                f" 'shell' config key to a Python {_HERE} interpreter{needs} that the nodes have."
+            )
+        there = result.stdout.strip()
+        if there != _HERE:
+            raise SubmitError(
+                f"the worker Python {settings.worker_python!r} on {self.remote.where} is"
+                f" Python {there}, but this is Python {_HERE}; functions travel pickled by"
+                f" value and need the same minor version. Set 'shell' to a Python {_HERE}."
+            )
+
+    def prepare(self, settings: Settings) -> None:
+        check_ge_opts(settings.ge_opts, settings.worker_python)
+        memory_limit(settings.ge_opts)  # a malformed mem_grab is refused here, not on a node
+        self._probe(settings)
+        if settings.ship_worker:
+            self._zipapp_path = self._zipapp(self._absolute(settings.ssh_dir))
+
+    def submit(self, job: ArrayJob) -> list[str]:
+        settings = job.settings
+        ssh_dir = self._absolute(settings.ssh_dir)
+        job_dir = posixpath.join(ssh_dir, "jobs", job.name)
+        job_file = posixpath.join(job_dir, "job.json")
+        worker_job = replace(job.job_file, memory_limit=memory_limit(settings.ge_opts))
+        self.remote.put(job_file, worker_job.dumps().encode(), 0o600)
+        app = self._zipapp_path
+        job_ids: list[str] = []
+        try:
+            for part, (first, last) in enumerate(chunks(job.n_tasks, self.max_array()), 1):
+                script = render(JobScript(settings.worker_python, first, last,
+                                          f"sheepdog-{job.request_id}", settings.ge_opts,
+                                          job_file, app))
+                script_path = posixpath.join(job_dir, f"job-{part}.py")
+                self.remote.put(script_path, script.encode(), 0o600)
+                stdout = run_checked(self.remote, qsub_command(script_path, job_dir,
+                                                                settings.ge_opts))
+                job_ids.append(parse_job_id(stdout))
+        except BaseException:
+            self.cancel(job_ids)
+            self.remote.remove(job_file)  # it holds the broker password
+            raise
+        return job_ids
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if job_ids:
+            result = self.remote.run(f"{CANCEL_COMMAND} {' '.join(job_ids)}")
+            if result.exit_status != 0 and "does not exist" not in result.stderr + result.stdout:
+                check(self.remote, result)
+
+    def state(self, job_ids: list[str]) -> JobState:
+        alive = False
+        for job_id in job_ids:
+            result = self.remote.run(f"qstat -j {job_id}")
+            if result.exit_status != 0:
+                continue  # finished, or deleted: no longer known to qstat
+            alive = True
+            reasons = re.findall(r"^error reason\s+[\d,-]*:?\s*(.+)$", result.stdout, re.MULTILINE)
+            if reasons:
+                return JobState(True, f"Grid Engine job {job_id} is in error state: {reasons[0]}")
+        return JobState(alive, None)

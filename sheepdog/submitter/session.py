@@ -1,0 +1,74 @@
+"""The connections one call needs, opened on first use and closed together.
+
+``map`` submits and then waits through one Session, so the SSH connection to
+the head node (qsub, qstat, the broker tunnel) is made once per map and closed
+when it returns. ``get_results`` in a later process makes its own, from the
+settings the dbfile kept.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
+
+from sheepdog.submitter import ssh
+from sheepdog.submitter.config import Settings
+from sheepdog.submitter.remote import LocalRemote, Remote, SSHRemote
+from sheepdog.submitter.schedulers import Scheduler
+from sheepdog.submitter.schedulers.gridengine import GridEngine
+from sheepdog.submitter.schedulers.local import LocalScheduler
+
+
+class Session:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._remote: Remote | None = None
+        self._tunnels: list[ssh.Tunnel] = []
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException], BaseException, TracebackType]) -> None:
+        self.close()
+
+    @property
+    def remote(self) -> Remote:
+        """The head node: over SSH when 'host' is set, else this machine."""
+        if self._remote is None:
+            s = self.settings
+            if s.host is None:
+                self._remote = LocalRemote()
+            else:
+                self._remote = SSHRemote.connect(
+                    ssh.resolve(s.host, s.ssh_user, s.ssh_port, s.ssh_keyfile)
+                )
+        return self._remote
+
+    def scheduler(self) -> Scheduler:
+        if self.settings.scheduler_name == "local":
+            return LocalScheduler()
+        return GridEngine(self.remote)
+
+    def reachable_url(self, url: str) -> str:
+        """``url``, or the same broker through an SSH tunnel when it must be."""
+        parts = urlsplit(url)
+        mode = self.settings.ssh_tunnel
+        if self.settings.host is None or parts.scheme == "unix" or mode == "never":
+            return url
+        host, port = parts.hostname or "localhost", parts.port or 6379
+        if mode == "auto" and ssh.reachable(host, port):
+            return url
+        remote = self.remote
+        assert isinstance(remote, SSHRemote)
+        tunnel = ssh.Tunnel(remote.client, (host, port))
+        self._tunnels.append(tunnel)
+        netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{tunnel.port}"))
+
+    def close(self) -> None:
+        for tunnel in self._tunnels:
+            tunnel.close()
+        self._tunnels.clear()
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
