@@ -74,7 +74,7 @@ def qsub_command(script_path: str, job_dir: str, ge_opts: tuple[str, ...]) -> st
     """The qsub command line: -terse, and defaults for what ge_opts leaves unset."""
     given = {shlex.split(opt)[0] for opt in ge_opts if opt.strip()}
     args = [SUBMIT_COMMAND, "-terse"]
-    if not given & {"-o", "-j"}:
+    if "-o" not in given:
         args += ["-o", job_dir + "/"]
     if not given & {"-e", "-j"}:
         args += ["-e", job_dir + "/"]
