@@ -77,7 +77,8 @@ def test_tasks_are_pushed_in_batches(server_url: str, raw: redis.Redis) -> None:
 
 def _pending_request(server_url: str, f: object, items: list[tuple[object, ...]],
                      tmp_path: Path, *, python: str | None = None,
-                     key: bytes = KEY) -> tuple[Broker, JobFile, Path]:
+                     key: bytes = KEY, memory_limit: int | None = None
+                     ) -> tuple[Broker, JobFile, Path]:
     """A request on the broker whose tasks no scheduler runs: tests start workers by hand."""
     broker = Broker.from_url(server_url)
     rid = broker.new_request_id()
@@ -86,7 +87,7 @@ def _pending_request(server_url: str, f: object, items: list[tuple[object, ...]]
     broker.create_request(rid, meta, codec.encode((f, {}), key),
                           [codec.encode(list(a), key) for a in items])
     job = JobFile(broker_url=server_url, request_id=rid, key=KEY.hex(), scheduler="local",
-                  connect_attempts=1, connect_retry_delay=0)
+                  connect_attempts=1, connect_retry_delay=0, memory_limit=memory_limit)
     path = tmp_path / "job.json"
     job.dump(path)
     return broker, job, path
@@ -220,3 +221,23 @@ def test_job_files_and_credentials_are_private(server_url: str, dbfile: str) -> 
         assert path.stat().st_mode & 0o077 == 0, path
     with open(dbfile, "rb") as f:
         assert server_url.split("@")[0].split(":")[-1].encode() not in f.read()
+
+
+def _hog(megabytes: int) -> int:
+    return len(bytearray(megabytes * 2**20))
+
+
+def test_memory_limit_overrun_is_a_recorded_memory_error(
+    server_url: str, raw: redis.Redis, tmp_path: Path
+) -> None:
+    _broker, job, path = _pending_request(
+        server_url, _hog, [(2048,), (8,)], tmp_path, memory_limit=400 * 2**20
+    )
+    assert _run_worker(path, 1).returncode == 0
+    assert _run_worker(path, 2).returncode == 0  # the same limit leaves room for small tasks
+    entries = {f[b"index"]: f for _, f in raw.xrange(keys.results(job.request_id))}
+    error = entries[b"1"][b"error"].decode()
+    assert entries[b"1"][b"status"] == b"error"
+    assert error.startswith("MemoryError: the task needed more memory than its limit of 400 MiB")
+    assert "-l mem_grab=4G" in error and "in _hog" in error
+    assert entries[b"2"][b"status"] == b"ok"

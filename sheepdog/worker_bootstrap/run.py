@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,38 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def execute(meta: dict[str, str], func_payload: bytes, args_payload: bytes, key: bytes) -> Outcome:
+@contextlib.contextmanager
+def memory_limit(limit: int | None) -> Iterator[None]:
+    """Cap the address space (soft RLIMIT_AS) while the function runs, then lift it.
+
+    Lifting it again leaves room to pickle and record the outcome.
+    """
+    if limit is None:
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    capped = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (capped, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _memory_error(exc: MemoryError, limit: int | None) -> str:
+    if limit is None:
+        return _user_traceback(exc)
+    return (
+        f"MemoryError: the task needed more memory than its limit of {limit / 2**20:.0f} MiB"
+        " (set by -l mem_grab in ge_opts; ask for more, e.g. '-l mem_grab=4G').\n"
+        + _user_traceback(exc)
+    )
+
+
+def execute(meta: dict[str, str], func_payload: bytes, args_payload: bytes, key: bytes,
+            limit: int | None = None) -> Outcome:
     """Run the task and turn whatever happens into (status, fields)."""
     mismatch = python_mismatch(meta.get("python", ""))
     if mismatch:
@@ -76,9 +108,12 @@ def execute(meta: dict[str, str], func_payload: bytes, args_payload: bytes, key:
     with captured_output() as out:
         try:
             f, args = _load(func_payload, args_payload, key)
-            value = f(*args)
+            with memory_limit(limit):
+                value = f(*args)
         except SheepdogError as exc:  # our own loading errors: the message is the point
             status, fields = "error", {"error": f"{type(exc).__name__}: {exc}"}
+        except MemoryError as exc:
+            status, fields = "error", {"error": _memory_error(exc, limit)}
         except BaseException as exc:
             status, fields = "error", {"error": _user_traceback(exc)}
         else:
@@ -136,7 +171,8 @@ def run_task(channel: TaskChannel, job: JobFile, index: int) -> int:
         return EXIT_OK
     started = time.time()
     channel.take_lease(job.request_id, index, f"{host} {pid} {started:.3f}")
-    status, fields = execute(meta, func_payload, args_payload, bytes.fromhex(job.key))
+    status, fields = execute(meta, func_payload, args_payload, bytes.fromhex(job.key),
+                             job.memory_limit)
     fields.update(host=host, pid=str(pid), started=f"{started:.6f}", finished=f"{time.time():.6f}")
     return _record(channel, job, index, (status, fields))
 
