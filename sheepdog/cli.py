@@ -143,6 +143,27 @@ def errors(request_id: int, dbfile: str) -> None:
 @main.command()
 @click.argument("request_id", type=int)
 @DBFILE
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@_fail_cleanly
+def collect(request_id: int, dbfile: str, timeout: float | None) -> None:
+    """Keep collecting a request into the dbfile until every task has an outcome.
+
+    Run it from any machine that reaches the broker (through the head node's
+    SSH if need be) and holds the dbfile and credentials.json, e.g. after the
+    process that submitted the request has gone.
+    """
+    with results.open_request(request_id, dbfile) as request:
+        results.wait(request, verbose=True, timeout=timeout)
+        counts = request.store.counts(request.row.broker_id, request_id)
+        total = request.row.n_tasks
+    failed = counts["error"] + counts["lost"]
+    click.echo(f"request {request_id}: {sum(counts.values())} of {total} tasks have an outcome"
+               f" ({counts['ok']} ok, {failed} failed)")
+
+
+@main.command()
+@click.argument("request_id", type=int)
+@DBFILE
 @_fail_cleanly
 def cancel(request_id: int, dbfile: str) -> None:
     """Kill a request's job; its unfinished tasks are recorded as lost."""

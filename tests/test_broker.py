@@ -210,15 +210,16 @@ def test_collator_refuses_a_result_with_a_bad_signature(
 
 def test_job_files_and_credentials_are_private(server_url: str, dbfile: str) -> None:
     rid = sheepdog.map_async(abs, [-1], {"broker_url": server_url, "dbfile": dbfile})
-    sheepdog.get_results(rid, dbfile)
     from sheepdog.submitter.store import Store
 
     with Store(dbfile) as store:
         row = store.request(rid)
+    job_file = paths.job_dir(f"{row.broker_id[:8]}-{rid}") / "job.json"
     assert "***" in row.location and server_url.split("@")[0].split(":")[-1] not in row.location
-    for path in (paths.job_dir(row.broker_id, rid) / "job.json", paths.credentials_file(),
-                 Path(dbfile)):
+    for path in (job_file, paths.credentials_file(), Path(dbfile)):
         assert path.stat().st_mode & 0o077 == 0, path
+    sheepdog.get_results(rid, dbfile)
+    assert not job_file.exists()  # it holds the broker password: gone once the request is over
     with open(dbfile, "rb") as f:
         assert server_url.split("@")[0].split(":")[-1].encode() not in f.read()
 

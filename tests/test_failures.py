@@ -169,7 +169,7 @@ def _runner_pid(request_id: int, dbfile: str) -> int:
 def _live_processes_of(request_id: int, dbfile: str) -> list[str]:
     """Runner and workers of a local request: every process naming its job file."""
     row = _request_row(request_id, dbfile)
-    job_file = str(paths.job_dir(row.broker_id, request_id) / "job.json")
+    job_file = str(paths.job_dir(f"{row.broker_id[:8]}-{request_id}") / "job.json")
     pids = subprocess.run(
         ["pgrep", "-f", job_file], capture_output=True, text=True, check=False
     ).stdout.split()

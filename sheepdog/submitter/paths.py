@@ -5,7 +5,8 @@ if set, else ``~/.local/share/sheepdog``. Read at call time, never at import.
 
     broker/             the embedded broker's state (see sheepdog.broker.embedded)
     credentials.json    broker URLs with passwords and HMAC master keys (0600)
-    jobs/<broker>-<id>/ job files (0600) and logs of local array jobs
+    jobs/<broker>-<id>/ job files (0600, removed when the request is over) and
+                        logs of local array jobs
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def credentials_file() -> Path:
     return home() / "credentials.json"
 
 
-def job_dir(broker_id: str, request_id: int) -> Path:
-    path = home() / "jobs" / f"{broker_id[:8]}-{request_id}"
+def job_dir(name: str) -> Path:
+    """The local directory of job ``name`` (``<broker id prefix>-<request id>``)."""
+    path = home() / "jobs" / name
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path

@@ -24,6 +24,7 @@ from sheepdog.submitter import credentials
 from sheepdog.submitter.brokers import reconnect
 from sheepdog.submitter.collator import Collator
 from sheepdog.submitter.config import Settings
+from sheepdog.submitter.schedulers import JobState
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import RequestRow, Store, TaskRow
 
@@ -35,6 +36,9 @@ FINAL = ("done", "cancelled")
 
 #: Seconds between checks that the request's job is still alive.
 LIVENESS_INTERVAL = 2.0
+
+#: Seconds without any outcome after which a verbose wait says why the job waits.
+WAITING_HINT_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def collect_available(request: OpenRequest) -> None:
         pass
 
 
-def _check_alive(request: OpenRequest) -> None:
+def _check_alive(request: OpenRequest) -> JobState | None:
     """Raise RequestFailed, or record lost tasks, if the request cannot progress."""
     broker = request.connect()
     rid = request.row.request_id
@@ -118,9 +122,9 @@ def _check_alive(request: OpenRequest) -> None:
         )
     if meta.get("status") in FINAL and request.done() < request.row.n_tasks:
         _resync(request)
-        return
+        return None
     if meta.get("status") != "queued":
-        return
+        return None
     job_ids = [j for j in meta.get("job_ids", "").split(",") if j]
     scheduler = request.session.scheduler()
     state = scheduler.state(job_ids)
@@ -128,11 +132,19 @@ def _check_alive(request: OpenRequest) -> None:
         scheduler.cancel(job_ids)
         broker.cancel(rid, f"{state.problem}; sheepdog deleted the job")
     elif state.alive is False:
-        broker.cancel(
-            rid,
-            f"the {request.row.scheduler} job {','.join(job_ids)} ended before this task had"
-            " an outcome (deleted, e.g. with qdel, or killed)",
-        )
+        reason = (f"the {request.row.scheduler} job {','.join(job_ids)} ended before this task"
+                  " had an outcome (deleted, e.g. with qdel, or killed)")
+        pending = broker.pending_indices(rid)
+        said = scheduler.last_words(request.session.settings, job_name(request.row), job_ids,
+                                    pending[0]) if pending else ""
+        if said:
+            reason += f"; task {pending[0]}'s stderr ends with:\n{said}"
+        broker.cancel(rid, reason)
+    return state
+
+
+def job_name(row: RequestRow) -> str:
+    return f"{row.broker_id[:8]}-{row.request_id}"
 
 
 def _finalise(request: OpenRequest) -> str:
@@ -148,6 +160,8 @@ def _finalise(request: OpenRequest) -> str:
     if status in FINAL:
         request.store.set_status(request.row.broker_id, request.row.request_id, status)
         broker.expire_request(request.row.request_id, RESULT_TTL)
+        if request.row.n_tasks:
+            request.session.scheduler().forget(request.session.settings, job_name(request.row))
     return status
 
 
@@ -201,6 +215,8 @@ def _collate_until_done(
     collator = request.collator()
     deadline = None if timeout is None else time.monotonic() + timeout
     next_check = time.monotonic() + LIVENESS_INTERVAL
+    hint_at = time.monotonic() + WAITING_HINT_AFTER if verbose else None
+    initial = done
     with tqdm(total=total, initial=done, disable=not (verbose and _interactive()),
               unit="task", desc=f"request {request.row.request_id}", file=sys.stderr) as bar:
         while done < total:
@@ -211,8 +227,12 @@ def _collate_until_done(
             if done >= total:
                 break
             if time.monotonic() >= next_check:
-                _check_alive(request)
+                state = _check_alive(request)
                 next_check = time.monotonic() + LIVENESS_INTERVAL
+                if hint_at and time.monotonic() >= hint_at and done == initial and state \
+                        and state.waiting:
+                    bar.write(f"sheepdog: nothing has run yet. {state.waiting}", file=sys.stderr)
+                    hint_at = None
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultsTimeout(request.row.request_id, done, total, timeout or 0.0)
 

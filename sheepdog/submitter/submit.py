@@ -8,19 +8,27 @@ dbfile rows behind.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import os
 import platform
 import socket
+import sys
+import sysconfig
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import ModuleType
 from typing import Any
+
+import cloudpickle
 
 from sheepdog.broker import codec
 from sheepdog.broker.client import Broker
 from sheepdog.errors import SheepdogError, SubmitError
 from sheepdog.submitter import credentials, paths
 from sheepdog.submitter.brokers import connect_for_submit
+from sheepdog.submitter.results import job_name
 from sheepdog.submitter.schedulers import ArrayJob, Scheduler
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import RequestRow, Store
@@ -41,6 +49,44 @@ def function_name(f: Callable[..., Any]) -> str:
     module = getattr(f, "__module__", None) or "?"
     name = getattr(f, "__qualname__", None) or type(f).__qualname__
     return f"{module}.{name}"
+
+
+def _installed(path: str) -> bool:
+    roots = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(os.path.abspath(path).startswith(os.path.abspath(r) + os.sep) for r in roots)
+
+
+def user_modules(objects: Iterable[object]) -> list[ModuleType]:
+    """Modules of ``objects`` that are the user's own code, not installed packages.
+
+    A node imports installed packages itself, but the user's own modules are
+    usually not there: those are pickled by value, like ``__main__``.
+    """
+    found = []
+    for obj in objects:
+        name = getattr(obj, "__module__", None)
+        module = sys.modules.get(name or "")
+        path = getattr(module, "__file__", None)
+        if (module is None or path is None or name in ("__main__", None)
+                or str(name).split(".")[0] == "sheepdog" or _installed(path)):
+            continue
+        found.append(module)
+    return found
+
+
+@contextlib.contextmanager
+def by_value(modules: list[ModuleType]) -> Iterator[None]:
+    """Pickle the functions and classes of ``modules`` by value while encoding."""
+    added = []
+    for module in modules:
+        if module.__name__ not in cloudpickle.list_registry_pickle_by_value():
+            cloudpickle.register_pickle_by_value(module)
+            added.append(module)
+    try:
+        yield
+    finally:
+        for module in added:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def _check_inputs(f: object, ns: object) -> None:
@@ -77,8 +123,11 @@ def submit(
     try:
         request_id = broker.new_request_id()
         key = credentials.request_key(master, request_id)
-        func_payload = codec.encode((f, dict(ns or {})), key, what=f"function {function_name(f)}")
-        stored, pushed = _encode_tasks(items, key)
+        local = settings.scheduler_name == "local"  # local workers share our sys.path
+        with by_value([] if local else user_modules([f, *(ns or {}).values()])):
+            func_payload = codec.encode((f, dict(ns or {})), key,
+                                        what=f"function {function_name(f)}")
+            stored, pushed = _encode_tasks(items, key)
         row = RequestRow(
             broker_id=broker.broker_id, request_id=request_id, location=location,
             function=function_name(f), n_tasks=len(items), scheduler=settings.scheduler_name,
@@ -90,10 +139,10 @@ def submit(
                 broker.create_request(request_id, _meta(row), func_payload, pushed)
                 if pushed:
                     job = ArrayJob(
-                        request_id, row.n_tasks, f"{broker.broker_id[:8]}-{request_id}",
+                        request_id, row.n_tasks, job_name(row),
                         JobFile(broker_url=worker_url, request_id=request_id, key=key.hex(),
                                 scheduler=row.scheduler),
-                        paths.job_dir(broker.broker_id, request_id), settings,
+                        paths.job_dir(job_name(row)), settings,
                     )
                     _start(broker, store, row, scheduler, job)
             except BaseException:

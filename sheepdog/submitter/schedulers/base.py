@@ -26,6 +26,7 @@ class ArrayJob:
 class JobState:
     alive: bool | None  # None: cannot be told from here
     problem: str | None = None  # the job is stuck and will not run: why
+    waiting: str | None = None  # the scheduler's word on why nothing runs yet (advisory)
 
 
 class Scheduler(Protocol):
@@ -42,3 +43,9 @@ class Scheduler(Protocol):
 
     def state(self, job_ids: list[str]) -> JobState:
         """Whether the job may still produce outcomes, and what blocks it if stuck."""
+
+    def last_words(self, settings: Settings, name: str, job_ids: list[str], index: int) -> str:
+        """The end of what task ``index`` wrote to stderr, if the scheduler kept it."""
+
+    def forget(self, settings: Settings, name: str) -> None:
+        """Remove the job file (it holds the broker password) once the request is over."""

@@ -58,7 +58,13 @@ def render(script: JobScript) -> str:
         f"#$ -N {script.name}",
         *(f"#$ {opt}" for opt in script.ge_opts),
         "# sheepdog array job: every task runs worker_bootstrap for its $SGE_TASK_ID.",
+        "import os",
         "import sys",
+        "# Grid Engine starts the -S interpreter as a bare 'python', which hides a venv",
+        "# and leaves sys.executable empty: start again once, by its full path.",
+        f"if os.environ.get('SHEEPDOG_REEXEC') != {script.shell!r}:",
+        f"    os.environ['SHEEPDOG_REEXEC'] = {script.shell!r}",
+        f"    os.execv({script.shell!r}, [{script.shell!r}, *sys.argv])",
     ]
     if script.zipapp is not None:
         lines.append(f"sys.path.insert(0, {script.zipapp!r})")
@@ -184,8 +190,7 @@ class GridEngine:
 
     def submit(self, job: ArrayJob) -> list[str]:
         settings = job.settings
-        ssh_dir = self._absolute(settings.ssh_dir)
-        job_dir = posixpath.join(ssh_dir, "jobs", job.name)
+        job_dir = self._job_dir(settings, job.name)
         job_file = posixpath.join(job_dir, "job.json")
         worker_job = replace(job.job_file, memory_limit=memory_limit(settings.ge_opts))
         self.remote.put(job_file, worker_job.dumps().encode(), 0o600)
@@ -213,8 +218,19 @@ class GridEngine:
             if result.exit_status != 0 and "does not exist" not in result.stderr + result.stdout:
                 check(self.remote, result)
 
+    def _job_dir(self, settings: Settings, name: str) -> str:
+        return posixpath.join(self._absolute(settings.ssh_dir), "jobs", name)
+
+    def last_words(self, settings: Settings, name: str, job_ids: list[str], index: int) -> str:
+        job_dir = shlex.quote(self._job_dir(settings, name))
+        files = " ".join(f"{job_dir}/*.e{job_id}.{index}" for job_id in job_ids)
+        return self.remote.run(f"tail -q -n 5 {files} 2>/dev/null").stdout.strip()
+
+    def forget(self, settings: Settings, name: str) -> None:
+        self.remote.remove(posixpath.join(self._job_dir(settings, name), "job.json"))
+
     def state(self, job_ids: list[str]) -> JobState:
-        alive = False
+        alive, waiting = False, None
         for job_id in job_ids:
             result = self.remote.run(f"qstat -j {job_id}")
             if result.exit_status != 0:
@@ -223,4 +239,7 @@ class GridEngine:
             reasons = re.findall(r"^error reason\s+[\d,-]*:?\s*(.+)$", result.stdout, re.MULTILINE)
             if reasons:
                 return JobState(True, f"Grid Engine job {job_id} is in error state: {reasons[0]}")
-        return JobState(alive, None)
+            info = re.search(r"^scheduling info:\s*(.+)$", result.stdout, re.MULTILINE)
+            if info and not re.search(r"^usage\s", result.stdout, re.MULTILINE):
+                waiting = f"Grid Engine job {job_id} is waiting: {info.group(1).strip()}"
+        return JobState(alive, None, waiting)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from sheepdog.errors import SubmitError
+from sheepdog.submitter import paths
 from sheepdog.submitter.config import Settings
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 
@@ -82,6 +83,12 @@ class LocalScheduler:
             if host == socket.gethostname():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)  # the runner and its workers
+
+    def last_words(self, settings: Settings, name: str, job_ids: list[str], index: int) -> str:
+        return ""  # the runner itself records a dead worker's output with its task
+
+    def forget(self, settings: Settings, name: str) -> None:
+        (paths.job_dir(name) / "job.json").unlink(missing_ok=True)
 
     def state(self, job_ids: list[str]) -> JobState:
         hosts_pids = [_parse(j) for j in job_ids]

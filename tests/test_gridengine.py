@@ -1,0 +1,380 @@
+"""Against the real test cluster: Son of Grid Engine, sshd and Redis from testbed/up.
+
+Everything goes through a real sshd with paramiko as the non-root submit user,
+and workers run on the node under a bare /usr/bin/python3 from the zipapp.
+Without the testbed these tests skip, except under CI, where they fail:
+CI must bring the cluster up (scripts/test does, as root on Debian).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+import sheepdog
+from sheepdog.errors import RequestFailed, SSHError, SubmitError, TaskErrors
+from sheepdog.submitter.store import Store
+
+ENV_FILE = Path(os.environ.get("SHEEPDOG_TESTBED_ENV", "/etc/sheepdog-testbed/env"))
+
+
+def _testbed() -> dict[str, str]:
+    if not ENV_FILE.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{ENV_FILE} is missing: CI must bring the test cluster up (testbed/up)")
+        pytest.skip("no test cluster: run testbed/up as root to bring one up")
+    pairs = (line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+@pytest.fixture(scope="module")
+def testbed() -> dict[str, str]:
+    return _testbed()
+
+
+@pytest.fixture
+def ssh_home(testbed: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME whose ~/.ssh/config names the head node 'testbed', with its host keys known."""
+    home = tmp_path / "home"
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(parents=True, mode=0o700)
+    (ssh_dir / "known_hosts").write_text(Path(testbed["SHEEPDOG_TESTBED_KNOWN_HOSTS"]).read_text())
+    (ssh_dir / "config").write_text(
+        "Host testbed\n"
+        f"  HostName {testbed['SHEEPDOG_TESTBED_SSH_HOST']}\n"
+        f"  Port {testbed['SHEEPDOG_TESTBED_SSH_PORT']}\n"
+        f"  User {testbed['SHEEPDOG_TESTBED_SSH_USER']}\n"
+        f"  IdentityFile {testbed['SHEEPDOG_TESTBED_SSH_KEY']}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+@pytest.fixture
+def broker(testbed: dict[str, str]) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(testbed["SHEEPDOG_TESTBED_BROKER_URL"])
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def config(testbed: dict[str, str], ssh_home: Path, tmp_path: Path) -> dict[str, object]:
+    return {
+        "host": "testbed",
+        "broker_url": testbed["SHEEPDOG_TESTBED_BROKER_URL"],
+        "shell": testbed["SHEEPDOG_TESTBED_BARE_PYTHON"],
+        "dbfile": str(tmp_path / "results.sqlite"),
+    }
+
+
+def _ssh(testbed: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    """A command on the head node as the submit user, through OpenSSH (not sheepdog)."""
+    return subprocess.run(
+        ["ssh", "-p", testbed["SHEEPDOG_TESTBED_SSH_PORT"], "-i",
+         testbed["SHEEPDOG_TESTBED_SSH_KEY"], "-o", "BatchMode=yes",
+         "-o", f"UserKnownHostsFile={testbed['SHEEPDOG_TESTBED_KNOWN_HOSTS']}",
+         "-o", "StrictHostKeyChecking=yes",
+         f"{testbed['SHEEPDOG_TESTBED_SSH_USER']}@{testbed['SHEEPDOG_TESTBED_SSH_HOST']}",
+         command],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_seed_examples_on_grid_engine(config: dict[str, object]) -> None:
+    assert sheepdog.map(add, [(1, 1), (1, 2), (2, 2)], config) == [2, 3, 4]
+    constant = 12
+
+    def g(x: int) -> int:
+        return x * 2
+
+    def f(a: int, b: int) -> int:
+        return a + g(b) + constant  # g and constant come from ns
+
+    ns = {"constant": constant, "g": g}
+    assert sheepdog.map(f, [(1, 2), (2, 3), (3, 4)], config, ns=ns) == [17, 20, 23]
+
+
+def test_a_200_task_array_in_order(config: dict[str, object]) -> None:
+    args = [(i, 1000) for i in range(200)]
+    started = time.monotonic()
+    assert sheepdog.map(add, args, config, raise_errors=True) == [i + 1000 for i in range(200)]
+    print(f"200-task array on the test cluster: {time.monotonic() - started:.1f} s")
+
+
+def test_workers_run_from_the_zipapp_on_a_bare_python(config: dict[str, object]) -> None:
+    def where() -> tuple[str, str, str, str]:
+        import os
+        import sys
+
+        import msgpack
+
+        import sheepdog
+
+        return (sys.executable, sheepdog.__file__ or "", msgpack.__file__ or "",
+                os.environ["SGE_TASK_ID"])
+
+    [(python, own, packer, task)] = sheepdog.map(where, [()], config)
+    assert os.path.realpath(python) == os.path.realpath("/usr/bin/python3")  # usrmerge: /bin
+    assert task == "1"
+    assert ".pyz/sheepdog/__init__.py" in own and ".pyz/msgpack/" in packer
+
+
+def test_nodes_with_sheepdog_installed(config: dict[str, object],
+                                       testbed: dict[str, str]) -> None:
+    def where() -> str:
+        import sheepdog
+
+        return sheepdog.__file__ or ""
+
+    config = dict(config, shell=testbed["SHEEPDOG_TESTBED_NODE_PYTHON"], ship_worker=False)
+    [path] = sheepdog.map(where, [()], config)
+    assert path.startswith("/opt/sheepdog-node/") and ".pyz" not in path
+
+
+def test_ge_opts_reach_the_job(config: dict[str, object]) -> None:
+    def env(name: str) -> str:
+        import os
+
+        return os.environ.get(name, "")
+
+    config = dict(config, ge_opts=["-v SHEEPDOG_TEST_VAR=passed", "-l h_rt=0:10:0"])
+    assert sheepdog.map(env, ["SHEEPDOG_TEST_VAR"], config) == ["passed"]
+
+
+def test_task_exception_comes_back_with_its_traceback(config: dict[str, object]) -> None:
+    def fail(x: int) -> int:
+        raise ValueError(f"bad value {x}")
+
+    with pytest.raises(TaskErrors) as caught:
+        sheepdog.map(fail, [7], config, raise_errors=True)
+    error = caught.value.failures[0].error
+    assert error.startswith("Traceback") and "in fail" in error
+    assert error.rstrip().endswith("ValueError: bad value 7")
+
+
+def test_mem_grab_overrun_is_a_memory_error(config: dict[str, object]) -> None:
+    def hog(megabytes: int) -> int:
+        return len(bytearray(megabytes * 2**20))
+
+    config = dict(config, ge_opts=["-l mem_grab=300M"])
+    with pytest.raises(TaskErrors) as caught:
+        sheepdog.map(hog, [2048, 4], config, raise_errors=True)
+    [failure] = caught.value.failures
+    assert failure.index == 1
+    assert failure.error.startswith("MemoryError: the task needed more memory than its limit"
+                                    " of 300 MiB")
+
+
+def _request_keys(broker: redis.Redis) -> list[bytes]:
+    return list(broker.scan_iter("sheepdog:{req:*"))
+
+
+def test_bad_ge_opts_quote_qsub_and_leave_nothing(
+    config: dict[str, object], broker: redis.Redis, testbed: dict[str, str]
+) -> None:
+    before = _request_keys(broker)
+    job_files = "ls ~/.sheepdog/jobs/*/job.json 2>/dev/null"
+    files_before = _ssh(testbed, job_files).stdout
+    config = dict(config, ge_opts=["-l foo=1"])
+    qsub_said = r'qsub .* exited with status 1: .*unknown resource "foo"'
+    with pytest.raises(SubmitError, match=qsub_said):
+        sheepdog.map(add, [(1, 2)], config)
+    assert _request_keys(broker) == before
+    with Store(str(config["dbfile"])) as store:
+        assert store.requests() == []
+    assert _ssh(testbed, job_files).stdout == files_before, "a job file with the password was left"
+
+
+def test_wrong_shell_is_refused_before_submitting(config: dict[str, object],
+                                                  broker: redis.Redis) -> None:
+    before = _request_keys(broker)
+    with pytest.raises(SubmitError, match=r"the worker Python '/no/such/python' does not run on"
+                       r" sgeuser@testbed .*Set the 'shell' config key"):
+        sheepdog.map(add, [(1, 2)], dict(config, shell="/no/such/python"))
+    assert _request_keys(broker) == before
+
+
+def test_unknown_host_key_is_refused_with_how_to_add_it(config: dict[str, object],
+                                                        ssh_home: Path) -> None:
+    (ssh_home / ".ssh" / "known_hosts").write_text("")
+    with pytest.raises(SSHError, match=r"\[127.0.0.1\]:2222 .* is not in ~/.ssh/known_hosts.*"
+                       r"ssh-keyscan -p 2222 127.0.0.1 >> ~/.ssh/known_hosts"):
+        sheepdog.map(add, [(1, 2)], config)
+
+
+def test_changed_host_key_is_refused(config: dict[str, object], ssh_home: Path) -> None:
+    import paramiko
+
+    # Known hosts names the head node with another RSA key: paramiko then asks for
+    # its RSA key, and the one it gets does not match.
+    impostor = paramiko.RSAKey.generate(2048)
+    (ssh_home / ".ssh" / "known_hosts").write_text(
+        f"[127.0.0.1]:2222 ssh-rsa {impostor.get_base64()}\n"
+    )
+    with pytest.raises(SSHError, match=r"has CHANGED .*ssh-keygen -R '\[127.0.0.1\]:2222'"):
+        sheepdog.map(add, [(1, 2)], config)
+
+
+def _job_id(dbfile: str, request_id: int) -> str:
+    with Store(dbfile) as store:
+        return store.request(request_id).job_ids.split(",")[0]
+
+
+def test_qdel_mid_run_stops_map_promptly(config: dict[str, object],
+                                         testbed: dict[str, str]) -> None:
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(120)
+        return x
+
+    outcome: list[BaseException | list[object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append(sheepdog.map(slow, range(4), config, verbose=False))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    dbfile = str(config["dbfile"])
+    deadline = time.monotonic() + 60
+    while True:  # until the job is queued and at least one task is running
+        assert time.monotonic() < deadline, "the job never started"
+        if Path(dbfile).exists():
+            with Store(dbfile) as store:
+                rows = store.requests()
+            if rows and rows[0].job_ids:
+                qstat = _ssh(testbed, f"qstat -j {rows[0].job_ids}")
+                if "usage" in qstat.stdout:
+                    break
+        time.sleep(0.5)
+    deleted = _ssh(testbed, f"qdel {rows[0].job_ids}")
+    assert deleted.returncode == 0, deleted.stderr
+    qdel_at = time.monotonic()
+    thread.join(60)
+    assert not thread.is_alive(), "map kept waiting after qdel"
+    assert time.monotonic() - qdel_at < 20
+    [error] = outcome
+    assert isinstance(error, RequestFailed)
+    assert "was cancelled (the gridengine job" in str(error) and "qdel" in str(error)
+
+
+def test_cancel_deletes_the_grid_engine_job(config: dict[str, object],
+                                            testbed: dict[str, str]) -> None:
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(120)
+        return x
+
+    dbfile = str(config["dbfile"])
+    request_id = sheepdog.map_async(slow, range(3), config)
+    job_id = _job_id(dbfile, request_id)
+    assert sheepdog.cancel(request_id, dbfile) == 3
+    deadline = time.monotonic() + 30
+    while _ssh(testbed, f"qstat -j {job_id}").returncode == 0:
+        assert time.monotonic() < deadline, "qdel did not remove the job"
+        time.sleep(0.5)
+    with pytest.raises(RequestFailed, match="cancelled by the user"):
+        sheepdog.get_results(request_id, dbfile, timeout=30)
+
+
+def test_collect_later_from_a_fresh_process(config: dict[str, object], tmp_path: Path,
+                                            ssh_home: Path) -> None:
+    dbfile = str(config["dbfile"])
+    request_id = sheepdog.map_async(add, [(i, i) for i in range(5)], config)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sheepdog.cli", "collect", str(request_id), "--dbfile", dbfile],
+        capture_output=True, text=True, timeout=120, check=False,
+        env=dict(os.environ, HOME=str(ssh_home)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "5 of 5 tasks have an outcome (5 ok, 0 failed)" in proc.stdout
+    assert sheepdog.get_results(request_id, dbfile, block=False) == [
+        ((i, i), 2 * i) for i in range(5)
+    ]
+
+
+def test_arrays_larger_than_max_aj_tasks_become_several_jobs(
+    config: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sheepdog.submitter.schedulers.gridengine import GridEngine
+
+    monkeypatch.setattr(GridEngine, "max_array", lambda self: 2)
+    dbfile = str(config["dbfile"])
+    request_id = sheepdog.map_async(add, [(i, 0) for i in range(5)], config)
+    assert len(_job_id_list(dbfile, request_id)) == 3
+    assert sheepdog.get_results(request_id, dbfile, timeout=120) == [
+        ((i, 0), i) for i in range(5)
+    ]
+
+
+def _job_id_list(dbfile: str, request_id: int) -> list[str]:
+    with Store(dbfile) as store:
+        return store.request(request_id).job_ids.split(",")
+
+
+def test_submitting_on_the_head_node_itself(testbed: dict[str, str], tmp_path: Path) -> None:
+    config = {
+        "scheduler": "gridengine",  # no host: qsub runs here, without SSH
+        "broker_url": testbed["SHEEPDOG_TESTBED_BROKER_URL"],
+        "shell": testbed["SHEEPDOG_TESTBED_BARE_PYTHON"],
+        "ssh_dir": str(tmp_path / "jobs dir"),
+        "dbfile": str(tmp_path / "r.sqlite"),
+    }
+    os.chmod(tmp_path, 0o755)
+    assert sheepdog.map(add, [(1, 1), (1, 2), (2, 2)], config, raise_errors=True) == [2, 3, 4]
+
+
+def test_broker_reached_through_an_ssh_tunnel(config: dict[str, object]) -> None:
+    from sheepdog.submitter.config import Settings
+    from sheepdog.submitter.session import Session
+
+    settings = Settings.from_config(dict(config, ssh_tunnel="always"))
+    with Session(settings) as session:
+        url = session.reachable_url(str(config["broker_url"]))
+        assert url != config["broker_url"] and "@127.0.0.1:" in url
+        client = redis.Redis.from_url(url)
+        name = f"tunnel-check-{os.getpid()}"
+        client.client_setname(name)
+        sockets = subprocess.run(["ss", "-Htnp", "dport = :6390"], capture_output=True,
+                                 text=True, check=True).stdout
+        assert "sshd" in sockets  # the broker sees the head node's sshd as its client
+        client.close()
+    assert sheepdog.map(add, [(2, 3)], dict(config, ssh_tunnel="always")) == [5]
+
+
+def test_a_job_that_cannot_be_scheduled_is_explained(
+    config: dict[str, object], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sheepdog.submitter import results
+
+    monkeypatch.setattr(results, "WAITING_HINT_AFTER", 3.0)
+    monkeypatch.setattr(results, "_interactive", lambda: True)
+    config = dict(config, ge_opts=["-l mem_grab=100G"])  # more than the node has
+    dbfile = str(config["dbfile"])
+    request_id = sheepdog.map_async(add, [(1, 1)], config)
+    try:
+        with pytest.raises(sheepdog.ResultsTimeout):
+            sheepdog.get_results(request_id, dbfile, verbose=True, timeout=12)
+    finally:
+        sheepdog.cancel(request_id, dbfile)
+    err = capsys.readouterr().err
+    assert "nothing has run yet. Grid Engine job" in err
+    assert "is waiting: (-l mem_grab=100G) cannot run" in err
