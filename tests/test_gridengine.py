@@ -378,3 +378,35 @@ def test_a_job_that_cannot_be_scheduled_is_explained(
     err = capsys.readouterr().err
     assert "nothing has run yet. Grid Engine job" in err
     assert "is waiting: (-l mem_grab=100G) cannot run" in err
+
+
+def _config_with(ssh_home: Path, testbed: dict[str, str], extra: str) -> None:
+    """Rewrite ~/.ssh/config: 'jumpbox' is the head node too, 'testbed' reached via ``extra``."""
+    common = (f"  HostName {testbed['SHEEPDOG_TESTBED_SSH_HOST']}\n"
+              f"  Port {testbed['SHEEPDOG_TESTBED_SSH_PORT']}\n"
+              f"  User {testbed['SHEEPDOG_TESTBED_SSH_USER']}\n"
+              f"  IdentityFile {testbed['SHEEPDOG_TESTBED_SSH_KEY']}\n")
+    (ssh_home / ".ssh" / "config").write_text(
+        f"Host jumpbox\n{common}\nHost testbed\n{common}{extra}"
+    )
+
+
+def test_proxy_command_from_ssh_config(config: dict[str, object], ssh_home: Path,
+                                       testbed: dict[str, str]) -> None:
+    known = ssh_home / ".ssh" / "known_hosts"
+    _config_with(ssh_home, testbed, (
+        f"  ProxyCommand ssh -F none -i {testbed['SHEEPDOG_TESTBED_SSH_KEY']} -o BatchMode=yes"
+        f" -o UserKnownHostsFile={known} -p %p {testbed['SHEEPDOG_TESTBED_SSH_USER']}@%h"
+        " -W %h:%p\n"
+    ))
+    assert sheepdog.map(add, [(20, 22)], config) == [42]
+
+
+def test_proxy_jump_from_ssh_config(config: dict[str, object], ssh_home: Path,
+                                    testbed: dict[str, str]) -> None:
+    _config_with(ssh_home, testbed, "  ProxyJump jumpbox\n")
+    from sheepdog.submitter import ssh
+
+    target = ssh.resolve("testbed")
+    assert target.proxy_jump == "jumpbox"
+    assert sheepdog.map(add, [(40, 2)], config) == [42]

@@ -99,15 +99,18 @@ class LocalRemote:
 class SSHRemote:
     """The head node over one SSH connection (commands and SFTP share it)."""
 
-    def __init__(self, client: paramiko.SSHClient, target: ssh.Target) -> None:
+    def __init__(self, client: paramiko.SSHClient, target: ssh.Target,
+                 close: ssh.Closer) -> None:
         self.client = client
         self.target = target
+        self._close = close
         self.where = f"{target.user}@{target.alias}"
         self._sftp: paramiko.SFTPClient | None = None
 
     @classmethod
     def connect(cls, target: ssh.Target) -> SSHRemote:
-        return cls(ssh.connect(target), target)
+        client, close = ssh.connect(target)
+        return cls(client, target, close)
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -154,4 +157,4 @@ class SSHRemote:
     def close(self) -> None:
         if self._sftp is not None:
             self._sftp.close()
-        self.client.close()
+        self._close()

@@ -19,6 +19,7 @@ import select
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,46 +83,74 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
         )
 
 
-def _socket_for(target: Target) -> paramiko.ProxyCommand | paramiko.Channel | None:
+Closer = Callable[[], None]
+
+
+def _nothing() -> None:
+    pass
+
+
+def _socket_for(target: Target) -> tuple[paramiko.ProxyCommand | paramiko.Channel | None, Closer]:
+    """The socket to speak SSH over (a proxy, or None for TCP), and how to close it."""
     if target.proxy_jump and target.proxy_jump.lower() != "none":
         hops = target.proxy_jump.split(",")
         if len(hops) > 1:
             raise SSHError(f"ProxyJump with several hops ({target.proxy_jump}) is not supported")
         user, _, hostport = hops[0].rpartition("@")
         host, _, port = hostport.partition(":")
-        jump = resolve(host, user or None, int(port) if port else None)
-        client = connect(jump)
-        transport = client.get_transport()
+        jump, close_jump = connect(resolve(host, user or None, int(port) if port else None))
+        transport = jump.get_transport()
         assert transport is not None
-        return transport.open_channel(
+        channel = transport.open_channel(
             "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0)
         )
+        return channel, close_jump
     if target.proxy_command and target.proxy_command.lower() != "none":
-        return paramiko.ProxyCommand(target.proxy_command)
-    return None
+        proxy = paramiko.ProxyCommand(target.proxy_command)
+
+        def close_proxy() -> None:
+            with contextlib.suppress(ProcessLookupError):  # the transport may have closed it
+                proxy.close()
+            process = proxy.process
+            process.wait(10)  # reap it, and close its pipes: paramiko only signals it
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+        return proxy, close_proxy
+    return None, _nothing
 
 
-def connect(target: Target) -> paramiko.SSHClient:
-    """An authenticated SSH connection to ``target``, host key checked."""
+def connect(target: Target) -> tuple[paramiko.SSHClient, Closer]:
+    """An authenticated SSH connection to ``target``, host key checked, and its closer."""
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(_RefuseUnknown())
     for known in (Path("/etc/ssh/ssh_known_hosts"), Path.home() / ".ssh" / "known_hosts"):
         if known.exists():  # read only: nothing is ever added to these files
             client.load_system_host_keys(str(known))
     where = f"{target.user}@{target.hostname}:{target.port}"
+    sock, close_sock = _socket_for(target)
+
+    def close() -> None:
+        transport = client.get_transport()
+        client.close()
+        if transport is not None and transport.is_alive():
+            transport.join(10)  # it closes the proxy on its way out: let it, then clean up
+        close_sock()
+
     try:
         client.connect(
             target.hostname, port=target.port, username=target.user,
             key_filename=list(target.key_files) or None,  # type: ignore[arg-type]  # a list works
             allow_agent=True, look_for_keys=True,
-            sock=_socket_for(target), timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
+            sock=sock, timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
             auth_timeout=CONNECT_TIMEOUT,
         )
     except SSHError:
-        client.close()
+        close()
         raise
     except paramiko.BadHostKeyException as exc:
-        client.close()
+        close()
         raise SSHError(
             f"the SSH host key of {target.known_hosts_name} has CHANGED (got"
             f" {exc.key.get_name()} {exc.key.fingerprint},"
@@ -131,17 +160,17 @@ def connect(target: Target) -> paramiko.SSHClient:
             f" `ssh-keygen -R '{target.known_hosts_name}'` and connect once with ssh."
         ) from exc
     except paramiko.AuthenticationException as exc:
-        client.close()
+        close()
         tried = ", ".join(target.key_files) or "the SSH agent and ~/.ssh/id_*"
         raise SSHError(
             f"SSH authentication as {where} failed ({exc}); tried {tried}. Set 'ssh_keyfile'"
             " to a key the head node accepts, or add one to your SSH agent (ssh-add)."
         ) from exc
     except (paramiko.SSHException, OSError) as exc:
-        client.close()
+        close()
         raise SSHError(f"cannot connect to {where} over SSH: {exc}. Check 'host'/'ssh_port'"
                        " and that the head node is reachable.") from exc
-    return client
+    return client, close
 
 
 class _Forwarder(socketserver.ThreadingTCPServer):
