@@ -410,3 +410,67 @@ def test_proxy_jump_from_ssh_config(config: dict[str, object], ssh_home: Path,
     target = ssh.resolve("testbed")
     assert target.proxy_jump == "jumpbox"
     assert sheepdog.map(add, [(40, 2)], config) == [42]
+
+
+def test_key_from_the_ssh_agent(config: dict[str, object], ssh_home: Path,
+                                testbed: dict[str, str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    _config_with(ssh_home, testbed, "")
+    config_file = ssh_home / ".ssh" / "config"
+    config_file.write_text(config_file.read_text().replace("  IdentityFile", "  # IdentityFile"))
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    env = dict(line.split(";")[0].split("=", 1) for line in agent.splitlines() if "=" in line)
+    try:
+        monkeypatch.setenv("SSH_AUTH_SOCK", env["SSH_AUTH_SOCK"])
+        subprocess.run(["ssh-add", testbed["SHEEPDOG_TESTBED_SSH_KEY"]], check=True,
+                       capture_output=True)  # to the agent named by SSH_AUTH_SOCK, set above
+        assert sheepdog.map(add, [(1, 2)], config) == [3]
+    finally:
+        subprocess.run(["kill", env["SSH_AGENT_PID"]], check=False)
+
+
+def test_one_ssh_connection_per_map_closed_afterwards(
+    config: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sheepdog.submitter import ssh
+
+    made: list[object] = []
+    real_connect = ssh.connect
+
+    def counting_connect(target: ssh.Target) -> tuple[object, ssh.Closer]:
+        client, close = real_connect(target)
+        made.append(client)
+        return client, close
+
+    monkeypatch.setattr(ssh, "connect", counting_connect)
+    assert sheepdog.map(add, [(i, i) for i in range(5)], config) == [0, 2, 4, 6, 8]
+    assert len(made) == 1  # submit, probes, uploads, qsub and every qstat shared it
+    transport = made[0].get_transport()  # type: ignore[attr-defined]
+    assert transport is None or not transport.is_active()
+
+
+def test_worker_uploaded_once_per_version_and_job_files_private(
+    config: dict[str, object], testbed: dict[str, str]
+) -> None:
+    from sheepdog.submitter import zipapp
+
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(3)
+        return x
+
+    sheepdog.map(add, [(1, 1)], config)
+    name = zipapp.file_name(zipapp.build()[1])
+    stat = f"stat -c '%a %Y' ~/.sheepdog/{name}"
+    first = _ssh(testbed, stat).stdout
+    dbfile = str(config["dbfile"])
+    request_id = sheepdog.map_async(slow, [1], config)
+    assert _ssh(testbed, stat).stdout == first  # the same version is not uploaded again
+    assert first.split()[0] == "644"
+    with Store(dbfile) as store:
+        row = store.request(request_id)
+    job_file = f"~/.sheepdog/jobs/{row.broker_id[:8]}-{request_id}/job.json"
+    assert _ssh(testbed, f"stat -c %a {job_file}").stdout.strip() == "600"
+    assert sheepdog.get_results(request_id, dbfile) == [(1, 1)]
+    assert _ssh(testbed, f"test -e {job_file}").returncode == 1  # gone with the request
