@@ -235,6 +235,8 @@ def _job_id(dbfile: str, request_id: int) -> str:
 
 def test_qdel_mid_run_stops_map_promptly(config: dict[str, object],
                                          testbed: dict[str, str]) -> None:
+    """12 tasks on 8 slots: qdel catches some running and some never started, so the
+    request was cancelled (tasks that all started and died are lost instead, below)."""
     def slow(x: int) -> int:
         import time
 
@@ -245,7 +247,7 @@ def test_qdel_mid_run_stops_map_promptly(config: dict[str, object],
 
     def run() -> None:
         try:
-            outcome.append(sheepdog.map(slow, range(4), config, verbose=False))
+            outcome.append(sheepdog.map(slow, range(12), config, verbose=False))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -272,6 +274,7 @@ def test_qdel_mid_run_stops_map_promptly(config: dict[str, object],
     [error] = outcome
     assert isinstance(error, RequestFailed)
     assert "was cancelled (the gridengine job" in str(error) and "qdel" in str(error)
+    assert "exit_status 137" in str(error)  # qacct's record of a killed task
 
 
 def test_cancel_deletes_the_grid_engine_job(config: dict[str, object],
@@ -474,3 +477,27 @@ def test_worker_uploaded_once_per_version_and_job_files_private(
     assert _ssh(testbed, f"stat -c %a {job_file}").stdout.strip() == "600"
     assert sheepdog.get_results(request_id, dbfile) == [(1, 1)]
     assert _ssh(testbed, f"test -e {job_file}").returncode == 1  # gone with the request
+
+
+def test_a_task_that_dies_on_the_node_is_lost_and_the_rest_return(
+    config: dict[str, object],
+) -> None:
+    def die_on_two(x: int) -> int:
+        import os
+        import signal
+
+        if x == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    out = sheepdog.map(die_on_two, [1, 2, 3], config, verbose=False)
+    assert out == [1, None, 3]
+    [(args, error)] = sheepdog.get_errors(_last_request(config), str(config["dbfile"]))
+    assert args == 2
+    assert "this task died before it had an outcome" in error
+    assert "qacct: exit_status 137" in error
+
+
+def _last_request(config: dict[str, object]) -> int:
+    with Store(str(config["dbfile"])) as store:
+        return store.requests()[-1].request_id

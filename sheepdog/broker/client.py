@@ -124,9 +124,13 @@ class Broker:
         raw: Reply = self.client.hgetall(keys.leases(request_id))
         return {int(k): v.decode() for k, v in raw.items()}
 
-    def cancel(self, request_id: int, reason: str) -> int:
-        """Record every task without an outcome as lost; -1 if the request is unknown."""
-        argv = [reason, f"{time.time():.6f}", "cancelled"]
+    def cancel(self, request_id: int, reason: str, *, status: str = "cancelled") -> int:
+        """Record every task without an outcome as lost; -1 if the request is unknown.
+
+        ``status`` becomes the request's: cancelled, or done when its remaining
+        tasks died and nothing else will come.
+        """
+        argv = [reason, f"{time.time():.6f}", status]
         return int(self.tasks.eval_script(scripts.CANCEL, request_id, argv))
 
     # -- collator side ------------------------------------------------------

@@ -42,7 +42,8 @@ return 1
 
 #: Give up on a request: every task without an outcome is recorded as lost
 #: with the reason in ARGV[1], which is also kept in the meta; ARGV[2] is now,
-#: ARGV[3] the request's new status (cancelled). A request whose tasks all have
+#: ARGV[3] the request's new status: cancelled, or done when the tasks died on
+#: their own and the request is simply over. A request whose tasks all have
 #: outcomes is left as it is. Returns how many tasks were given up, -1 if the
 #: request is unknown.
 CANCEL = """

@@ -24,7 +24,7 @@ from sheepdog.submitter import credentials
 from sheepdog.submitter.brokers import reconnect
 from sheepdog.submitter.collator import Collator
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.schedulers import JobState
+from sheepdog.submitter.schedulers import JobState, Scheduler
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import RequestRow, Store, TaskRow
 
@@ -132,15 +132,35 @@ def _check_alive(request: OpenRequest) -> JobState | None:
         scheduler.cancel(job_ids)
         broker.cancel(rid, f"{state.problem}; sheepdog deleted the job")
     elif state.alive is False:
-        reason = (f"the {request.row.scheduler} job {','.join(job_ids)} ended before this task"
-                  " had an outcome (deleted, e.g. with qdel, or killed)")
-        pending = broker.pending_indices(rid)
-        said = scheduler.last_words(request.session.settings, job_name(request.row), job_ids,
-                                    pending[0]) if pending else ""
-        if said:
-            reason += f"; task {pending[0]}'s stderr ends with:\n{said}"
-        broker.cancel(rid, reason)
+        _job_ended(request, broker, scheduler, job_ids)
     return state
+
+
+def _job_ended(request: OpenRequest, broker: Broker, scheduler: Scheduler,
+               job_ids: list[str]) -> None:
+    """The job is gone with tasks left: cancelled, or those tasks died.
+
+    Tasks that never started (no lease) mean the job was deleted: the request
+    is cancelled. If every one had started, they died running (killed, out of
+    memory, node lost): they are lost and the request is over, like a local
+    task whose worker was killed.
+    """
+    rid = request.row.request_id
+    pending = broker.pending_indices(rid)
+    if not pending:
+        return
+    deleted = any(i not in broker.leases(rid) for i in pending)
+    job = f"the {request.row.scheduler} job {','.join(job_ids)}"
+    if deleted:
+        reason = (f"{job} ended before every task had started: it was deleted (e.g. with"
+                  " qdel) or killed")
+    else:
+        reason = f"{job} ended, but this task died before it had an outcome"
+    said = scheduler.last_words(request.session.settings, job_name(request.row), job_ids,
+                                pending[0])
+    if said:
+        reason += f"; the scheduler's record of task {pending[0]}:\n{said}"
+    broker.cancel(rid, reason, status="cancelled" if deleted else "done")
 
 
 def job_name(row: RequestRow) -> str:

@@ -221,10 +221,24 @@ class GridEngine:
     def _job_dir(self, settings: Settings, name: str) -> str:
         return posixpath.join(self._absolute(settings.ssh_dir), "jobs", name)
 
+    def _accounting(self, job_ids: list[str], index: int) -> str:
+        """Grid Engine's record of how task ``index`` ended (qacct), if it ran."""
+        for job_id in job_ids:
+            result = self.remote.run(f"qacct -j {job_id} -t {index}")
+            fields = dict(
+                line.split(None, 1) for line in result.stdout.splitlines() if len(line.split()) > 1
+            )
+            if result.exit_status == 0 and "exit_status" in fields:
+                return (f"qacct: exit_status {fields['exit_status'].strip()},"
+                        f" failed {fields.get('failed', '?').strip()}")
+        return ""
+
     def last_words(self, settings: Settings, name: str, job_ids: list[str], index: int) -> str:
         job_dir = shlex.quote(self._job_dir(settings, name))
         files = " ".join(f"{job_dir}/*.e{job_id}.{index}" for job_id in job_ids)
-        return self.remote.run(f"tail -q -n 5 {files} 2>/dev/null").stdout.strip()
+        stderr = self.remote.run(f"tail -q -n 5 {files} 2>/dev/null").stdout.strip()
+        accounting = self._accounting(job_ids, index)
+        return "\n".join(part for part in (accounting, stderr) if part)
 
     def forget(self, settings: Settings, name: str) -> None:
         self.remote.remove(posixpath.join(self._job_dir(settings, name), "job.json"))
