@@ -20,10 +20,6 @@ class Commands(Protocol):
     def execute_command(self, *args: Any) -> Any: ...
 
 
-def _text(value: bytes | None) -> str | None:
-    return value.decode() if value is not None else None
-
-
 class TaskChannel:
     def __init__(self, conn: Commands) -> None:
         self.conn = conn

@@ -13,6 +13,7 @@ from typing import Any
 from sheepdog.errors import TaskErrors, TaskFailure
 from sheepdog.submitter import results
 from sheepdog.submitter.config import Settings
+from sheepdog.submitter.schedulers import job_id_list
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.submit import submit
 
@@ -124,7 +125,7 @@ def cancel(request_id: int, dbfile: str | None = None) -> int:
     with results.open_request(request_id, dbfile or _DEFAULT_DBFILE) as request:
         broker = request.connect()
         cancelled = broker.cancel(request_id, "cancelled by the user")
-        job_ids = [j for j in request.row.job_ids.split(",") if j]
+        job_ids = job_id_list(request.row.job_ids)
         request.session.scheduler().cancel(job_ids)
         results.collect_available(request)
         return max(cancelled, 0)

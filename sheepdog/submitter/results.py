@@ -24,7 +24,7 @@ from sheepdog.submitter import credentials
 from sheepdog.submitter.brokers import reconnect
 from sheepdog.submitter.collator import Collator
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.schedulers import JobState, Scheduler
+from sheepdog.submitter.schedulers import JobState, Scheduler, job_id_list
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import RequestRow, Store, TaskRow
 
@@ -86,15 +86,16 @@ def open_request(
     """
     with Store(dbfile) as store:
         row = store.request(request_id)
-        own = Session(Settings.from_public(row.settings)) if session is None else None
-        request = OpenRequest(store, row, session or own)  # type: ignore[arg-type]
+        owned = session is None
+        active = Session(Settings.from_public(row.settings)) if session is None else session
+        request = OpenRequest(store, row, active)
         try:
             yield request
         finally:
             if request.broker is not None:
                 request.broker.close()
-            if own is not None:
-                own.close()
+            if owned:
+                active.close()
 
 
 def collect_available(request: OpenRequest) -> None:
@@ -125,7 +126,7 @@ def _check_alive(request: OpenRequest) -> JobState | None:
         return None
     if meta.get("status") != "queued":
         return None
-    job_ids = [j for j in meta.get("job_ids", "").split(",") if j]
+    job_ids = job_id_list(meta.get("job_ids", ""))
     scheduler = request.session.scheduler()
     state = scheduler.state(job_ids)
     if state.problem:

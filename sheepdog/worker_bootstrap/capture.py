@@ -26,7 +26,8 @@ class Captured:
     stderr: str = ""
 
 
-def _tail(f: IO[bytes]) -> str:
+def tail(f: IO[bytes]) -> str:
+    """The last TAIL_BYTES of a file, as text."""
     size = f.seek(0, os.SEEK_END)
     f.seek(max(0, size - TAIL_BYTES))
     return f.read().decode("utf-8", errors="replace")
@@ -58,7 +59,7 @@ def captured_output() -> Iterator[Captured]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-            result.stdout = _tail(out)
-            result.stderr = _tail(err)
+            result.stdout = tail(out)
+            result.stderr = tail(err)
             _pass_on(out, 1)
             _pass_on(err, 2)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sheepdog.submitter.schedulers.base import ArrayJob, JobState, Scheduler
+from sheepdog.submitter.schedulers.base import ArrayJob, JobState, Scheduler, job_id_list
 
-__all__ = ["ArrayJob", "JobState", "Scheduler"]
+__all__ = ["ArrayJob", "JobState", "Scheduler", "job_id_list"]

@@ -22,6 +22,11 @@ class ArrayJob:
     settings: Settings
 
 
+def job_id_list(joined: str) -> list[str]:
+    """Job ids as kept in the meta and the dbfile: comma separated, maybe empty."""
+    return [job_id for job_id in joined.split(",") if job_id]
+
+
 @dataclass(frozen=True)
 class JobState:
     alive: bool | None  # None: cannot be told from here

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from sheepdog.broker.client import Broker
-from sheepdog.worker_bootstrap.capture import TAIL_BYTES
+from sheepdog.worker_bootstrap.capture import tail
 from sheepdog.worker_bootstrap.environment import TASK_INDEX_VARS, JobFile
 
 
@@ -45,12 +45,6 @@ def exit_reason(returncode: int) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with status {returncode}"
-
-
-def _tail(f: IO[bytes]) -> str:
-    size = f.seek(0, os.SEEK_END)
-    f.seek(max(0, size - TAIL_BYTES))
-    return f.read().decode("utf-8", errors="replace")
 
 
 class LocalRunner:
@@ -78,26 +72,26 @@ class LocalRunner:
             return None
         return Running(index, proc, output)
 
-    def _lost(self, index: int, reason: str, tail: str, pid: int | None) -> None:
+    def _lost(self, index: int, reason: str, output: str, pid: int | None) -> None:
         self.broker.record(
             self.job.request_id, index, "lost",
-            {"error": reason, "stderr": tail, "host": socket.gethostname(),
+            {"error": reason, "stderr": output, "host": socket.gethostname(),
              "pid": str(pid or "")},
         )
 
     def _finished(self, run: Running) -> None:
         code = run.proc.returncode
-        tail = _tail(run.output)
+        said = tail(run.output)
         run.output.close()
         if code == 0:
             return
         hint = ""
-        if "No module named" in tail:
+        if "No module named" in said:
             hint = f" Is sheepdog installed for {self.python}? (the 'shell' config key)"
         reason = (
             f"worker process for task {run.index} {exit_reason(code)} without an outcome.{hint}"
         )
-        self._lost(run.index, reason, tail, run.proc.pid)
+        self._lost(run.index, reason, said, run.proc.pid)
 
     def _indices(self) -> Iterator[int]:
         pending = set(self.broker.pending_indices(self.job.request_id))
