@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import redis
 
 from sheepdog.broker import embedded
 from sheepdog.errors import SheepdogError
@@ -80,14 +81,15 @@ def _when(timestamp: float) -> str:
 @_fail_cleanly
 def ls(dbfile: str) -> None:
     """List the requests in a dbfile, with their counts."""
-    with Store(dbfile) as store:
-        click.echo(f"{'id':>6}  {'created':19}  {'tasks':>6}  {'ok':>6}  {'failed':>6}  function")
+    with Store(dbfile, create=False) as store:
+        click.echo(f"{'id':>6}  {'created':19}  {'tasks':>6}  {'ok':>6}  {'failed':>6}"
+                   f"  {'status':10}  function")
         for row in store.requests():
-            counts = store.counts(row.broker_id, row.request_id)
+            counts = store.counts(row.request_id)
             failed = counts["error"] + counts["lost"]
             click.echo(
                 f"{row.request_id:>6}  {_when(row.created)}  {row.n_tasks:>6}  {counts['ok']:>6}"
-                f"  {failed:>6}  {row.function}"
+                f"  {failed:>6}  {row.status:10}  {row.function}"
             )
 
 
@@ -103,15 +105,18 @@ def status(ctx: click.Context, request_id: int | None, dbfile: str) -> None:
         return
     with results.open_request(request_id, dbfile) as request:
         results.collect_available(request)
-        counts = request.store.counts(request.row.broker_id, request_id)
-        remaining = request.row.n_tasks - sum(counts.values())
+        row = request.row
+        counts = request.store.counts(request_id)
+        remaining = row.n_tasks - sum(counts.values())
         state = "(broker unreachable)"
-        with contextlib.suppress(SheepdogError):
-            state = request.connect().meta(request_id).get("status", "expired from the broker")
-        click.echo(f"request {request_id}: {request.row.function}, {request.row.n_tasks} tasks,"
-                   f" {request.row.scheduler} job {request.row.job_ids or '-'}, {state}")
+        with contextlib.suppress(SheepdogError, redis.RedisError, OSError):
+            meta = request.connect().meta(row.broker_request)
+            state = meta.get("status", "gone from the broker") \
+                if meta.get("token", row.token) == row.token else "gone from the broker"
+        click.echo(f"request {request_id}: {row.function}, {row.n_tasks} tasks,"
+                   f" {row.scheduler} job {row.job_ids or '-'}, {row.status} (broker: {state})")
         click.echo(f"  done {counts['ok']}  failed {counts['error']}  lost {counts['lost']}"
-                   f"  remaining {remaining}")
+                   f"  remaining {remaining}  retried {request.store.retried(request_id)}")
         for text in results.incidents(request):
             click.echo(f"  incident: {text}")
 
@@ -154,7 +159,7 @@ def collect(request_id: int, dbfile: str, timeout: float | None) -> None:
     """
     with results.open_request(request_id, dbfile) as request:
         results.wait(request, verbose=True, timeout=timeout)
-        counts = request.store.counts(request.row.broker_id, request_id)
+        counts = request.store.counts(request_id)
         total = request.row.n_tasks
     failed = counts["error"] + counts["lost"]
     click.echo(f"request {request_id}: {sum(counts.values())} of {total} tasks have an outcome"
@@ -169,6 +174,25 @@ def cancel(request_id: int, dbfile: str) -> None:
     """Kill a request's job; its unfinished tasks are recorded as lost."""
     n = api.cancel(request_id, dbfile)
     click.echo(f"request {request_id} cancelled; {n} task(s) had no outcome")
+
+
+@main.command()
+@click.argument("request_id", type=int)
+@DBFILE
+@click.option("--failed/--no-failed", default=True, show_default=True,
+              help="Run the tasks whose function raised again.")
+@click.option("--lost/--no-lost", default=True, show_default=True,
+              help="Run the tasks that were lost (killed, cancelled) again.")
+@_fail_cleanly
+def resubmit(request_id: int, dbfile: str, failed: bool, lost: bool) -> None:
+    """Run the failed and lost tasks of a finished request again, from the dbfile.
+
+    New outcomes replace the old ones in the same request; collect them with
+    `sheepdog collect ID` or `sheepdog results ID --wait`.
+    """
+    n = api.resubmit(request_id, dbfile, failed=failed, lost=lost, verbose=True)
+    if n == 0:
+        click.echo(f"request {request_id}: nothing to run again")
 
 
 @main.group()

@@ -83,11 +83,12 @@ class RequestFailed(SheepdogError):
 
 @dataclass(frozen=True)
 class TaskFailure:
-    """One failed task: its 1-based array index, its arguments and the remote error."""
+    """One failed task: its 1-based index, its arguments, the remote error and its attempt."""
 
     index: int
     args: object
     error: str
+    attempt: int = 1
 
 
 class TaskErrors(SheepdogError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -72,11 +73,7 @@ def test_unpicklable_function_is_refused_before_anything_runs(dbfile: str) -> No
         sheepdog.map(uses_lock, [1], {"dbfile": dbfile})
     with pytest.raises(SerialisationError, match="arguments of task 2"):
         sheepdog.map(divide, [(1, 2), (lock, 1)], {"dbfile": dbfile})
-    assert sheepdog.get_results  # the dbfile holds no half-written request:
-    from sheepdog.submitter.store import Store
-
-    with Store(dbfile) as store:
-        assert store.requests() == []
+    assert not Path(dbfile).exists()  # refused before the dbfile was even created
 
 
 def test_unpicklable_result_is_a_recorded_error(dbfile: str) -> None:
@@ -104,25 +101,68 @@ def test_task_output_tail_is_kept(dbfile: str) -> None:
     from sheepdog.submitter.store import Store
 
     with Store(dbfile) as store:
-        row = store.request(request_id)
-        detail = store.outcome_detail(row.broker_id, request_id, 1)
+        detail = store.outcome_detail(request_id, 1)
     assert detail is not None
     assert detail["stdout"] == "to stdout 7\nfrom a child process\n"
     assert detail["stderr"] == "to stderr 7\n"
     assert detail["host"] and detail["pid"] and detail["finished"] >= detail["started"]
 
 
-def test_killed_task_is_recorded_as_lost_not_waited_for(dbfile: str) -> None:
+def test_killed_task_is_lost_after_its_retries_not_waited_for(dbfile: str) -> None:
     def die(x: int) -> int:
         if x == 2:
             os.kill(os.getpid(), 9)
         return x
 
-    request_id = sheepdog.map_async(die, [1, 2, 3], {"dbfile": dbfile})
+    request_id = sheepdog.map_async(die, [1, 2, 3], {"dbfile": dbfile})  # retries=1
     assert sheepdog.get_results(request_id, dbfile, timeout=60) == [(1, 1), (2, None), (3, 3)]
-    [(args, error)] = sheepdog.get_errors(request_id, dbfile)
+    [failure] = sheepdog.get_errors(request_id, dbfile)
+    args, error = failure
     assert args == 2
     assert "was killed by signal SIGKILL without an outcome" in error
+    assert (failure.task, failure.status, failure.attempt) == (2, "lost", 2)  # type: ignore[attr-defined]
+    assert error.rstrip().endswith("[sheepdog: attempt 2; earlier attempt 1: lost on"
+                                   f" {os.uname().nodename}: worker process for task 2 was"
+                                   " killed by signal SIGKILL without an outcome.]")
+
+
+def test_a_killed_task_is_run_again_and_its_result_kept(dbfile: str, tmp_path: Path) -> None:
+    def die_once(x: int) -> int:
+        marker = tmp_path / f"died-{x}"
+        if x == 2 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), 9)
+        return x * 10
+
+    assert sheepdog.map(die_once, [1, 2, 3], {"dbfile": dbfile}, raise_errors=True) == [
+        10, 20, 30]
+    with Store(dbfile) as store:
+        [row] = store.requests()
+        assert store.retried(row.request_id) == 1
+        assert store.outcome_detail(row.request_id, 2)["attempt"] == 2  # type: ignore[index]
+    assert sheepdog.get_errors(row.request_id, dbfile) == []
+
+
+def test_retries_zero_keeps_the_first_loss(dbfile: str) -> None:
+    def die(x: int) -> int:
+        os.kill(os.getpid(), 9)
+        return x
+
+    with pytest.raises(TaskErrors) as caught:
+        sheepdog.map(die, [1], {"dbfile": dbfile, "retries": 0}, raise_errors=True)
+    assert caught.value.failures[0].attempt == 1
+
+
+def test_errors_are_final_unless_retry_errors(dbfile: str, tmp_path: Path) -> None:
+    def flaky(x: int) -> int:
+        marker = tmp_path / f"failed-{x}"
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError("first time")
+        return x
+
+    assert sheepdog.map(flaky, [1], {"dbfile": dbfile}, verbose=False) == [None]
+    assert sheepdog.map(flaky, [2], {"dbfile": dbfile, "retry_errors": True}) == [2]
 
 
 def test_sys_exit_in_f_is_an_error(dbfile: str) -> None:
@@ -163,7 +203,7 @@ def _request_row(request_id: int, dbfile: str) -> RequestRow:
 
 
 def _runner_pid(request_id: int, dbfile: str) -> int:
-    return int(_request_row(request_id, dbfile).job_ids.rsplit(":", 1)[1])
+    return int(_request_row(request_id, dbfile).job_ids.split(":")[1])
 
 
 def _live_processes_of(request_id: int, dbfile: str) -> list[str]:
@@ -205,6 +245,7 @@ def test_cancel_stops_the_job_and_map_says_so(dbfile: str) -> None:
         deadline = time.monotonic() + 20
         while len(broker.leases(request_id)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)  # until both workers are inside slow()
+    time.sleep(0.3)
     assert len(_live_processes_of(request_id, dbfile)) == 3  # the runner and two workers
     assert sheepdog.cancel(request_id, dbfile) == 4
     _wait_gone(request_id, dbfile)
@@ -227,14 +268,16 @@ def test_runner_that_dies_gives_lost_tasks_not_a_hang(dbfile: str) -> None:
     request_id = sheepdog.map_async(slow, range(3), {"dbfile": dbfile, "local_workers": 1})
     runner = _runner_pid(request_id, dbfile)
     os.kill(runner, signal.SIGKILL)
-    with pytest.raises(RequestFailed, match=r"was cancelled \(the local job .* ended before"):
+    with pytest.raises(RequestFailed, match=r"was cancelled \(the local job .* ended before"
+                       r" every task had started \(2 never did\)"):
         sheepdog.get_results(request_id, dbfile, timeout=60)
     out = sheepdog.get_results(request_id, dbfile, block=False)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(runner, signal.SIGKILL)  # its orphaned worker, if it had started one
     assert out == [(i, None) for i in range(3)]
     errors = sheepdog.get_errors(request_id, dbfile)
-    assert all("ended before every task had started" in e or "SIGKILL" in e for _, e in errors)
+    assert len(errors) == 3
+    assert all("ended before every task had started" in e for _, e in errors)
 
 
 @pytest.mark.parametrize(
@@ -247,6 +290,12 @@ def test_runner_that_dies_gives_lost_tasks_not_a_hang(dbfile: str) -> None:
         ({"ssh_port": "22"}, "ssh_port must be a positive whole number"),
         ({"broker_url": "http://x"}, "scheme 'http'; use one of redis://, rediss://, unix://"),
         ({"scheduler": "pbs"}, "scheduler 'pbs' is not one of local, gridengine"),
+        ({"retries": -1}, "retries must be a whole number, 0 or more"),
+        ({"retry_errors": 1}, "retry_errors must be True or False"),
+        ({"lease_timeout": 5, "heartbeat_interval": 3},
+         r"lease_timeout \(5 s\) must be at least twice heartbeat_interval \(3 s\)"),
+        ({"retry_memory_factor": 0.5}, "retry_memory_factor must be more than 1"),
+        ({"broker_patience": "long"}, "broker_patience must be a number more than 0"),
         ({"host": "fear", "scheduler": "local"}, "host 'fear' is set but scheduler is 'local'"),
         ({"host": "fear"}, "Grid Engine workers need a broker they can reach"),
         ({"scheduler": "gridengine"}, "Grid Engine workers need a broker they can reach"),
@@ -281,5 +330,62 @@ def test_wrong_broker_password_is_one_clear_error(server_url: str, dbfile: str) 
 
 
 def test_unknown_request_id(dbfile: str, tmp_path: Path) -> None:
+    with pytest.raises(sheepdog.RequestNotFound, match=r"request 12345 is not in .*: there is no"
+                       " such file"):
+        sheepdog.get_results(12345, dbfile)
+    assert not Path(dbfile).exists()  # reading does not create it
+    sheepdog.map(divide, [(1, 1)], {"dbfile": dbfile})
     with pytest.raises(sheepdog.RequestNotFound, match="request 12345 is not in"):
         sheepdog.get_results(12345, dbfile)
+
+
+def test_get_results_without_blocking_lists_every_task(dbfile: str) -> None:
+    def slow(x: int) -> int:
+        import time
+
+        if x:
+            time.sleep(30)
+        return x
+
+    request_id = sheepdog.map_async(slow, [0, 1], {"dbfile": dbfile})
+    try:
+        deadline = time.monotonic() + 30
+        while sheepdog.get_results(request_id, dbfile, block=False)[0][1] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        # As the original Sheepdog: every argument, None where no result came yet.
+        assert sheepdog.get_results(request_id, dbfile, block=False) == [(0, 0), (1, None)]
+    finally:
+        sheepdog.cancel(request_id, dbfile)
+
+
+def test_get_errors_does_not_unpickle_results(dbfile: str, tmp_path: Path) -> None:
+    """A result whose class cannot be imported here does not stop get_errors."""
+    module = tmp_path / "gone_module.py"
+    module.write_text("class Thing:\n    pass\n")
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import sheepdog, gone_module
+
+        def f(x):
+            if x:
+                raise ValueError("bad")
+            return gone_module.Thing()
+
+        print(sheepdog.map_async(f, [0, 1], {{"dbfile": {dbfile!r}}}))
+    """
+    from .conftest import run_python
+
+    proc = run_python(code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    request_id = int(proc.stdout)
+    assert "gone_module" not in sys.modules  # this process cannot unpickle a Thing
+    deadline = time.monotonic() + 60
+    while True:
+        errors = sheepdog.get_errors(request_id, dbfile)
+        if errors or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    [(args, error)] = errors
+    assert args == 1 and "ValueError: bad" in error

@@ -37,7 +37,11 @@ def _testbed() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def testbed() -> dict[str, str]:
-    return _testbed()
+    found = _testbed()
+    client = redis.Redis.from_url(found["SHEEPDOG_TESTBED_BROKER_URL"])
+    client.flushall()  # the testbed's own broker: start from an empty one
+    client.close()
+    return found
 
 
 @pytest.fixture
@@ -186,7 +190,7 @@ def test_bad_ge_opts_quote_qsub_and_leave_nothing(
     config: dict[str, object], broker: redis.Redis, testbed: dict[str, str]
 ) -> None:
     before = _request_keys(broker)
-    job_files = "ls ~/.sheepdog/jobs/*/job.json 2>/dev/null"
+    job_files = "ls ~/.sheepdog/jobs/*/job*.json 2>/dev/null"
     files_before = _ssh(testbed, job_files).stdout
     config = dict(config, ge_opts=["-l foo=1"])
     qsub_said = r'qsub .* exited with status 1: .*unknown resource "foo"'
@@ -473,7 +477,7 @@ def test_worker_uploaded_once_per_version_and_job_files_private(
     assert first.split()[0] == "644"
     with Store(dbfile) as store:
         row = store.request(request_id)
-    job_file = f"~/.sheepdog/jobs/{row.broker_id[:8]}-{request_id}/job.json"
+    job_file = f"~/.sheepdog/jobs/{row.broker_id[:8]}-{request_id}/job-main.json"
     assert _ssh(testbed, f"stat -c %a {job_file}").stdout.strip() == "600"
     assert sheepdog.get_results(request_id, dbfile) == [(1, 1)]
     assert _ssh(testbed, f"test -e {job_file}").returncode == 1  # gone with the request
@@ -492,10 +496,12 @@ def test_a_task_that_dies_on_the_node_is_lost_and_the_rest_return(
 
     out = sheepdog.map(die_on_two, [1, 2, 3], config, verbose=False)
     assert out == [1, None, 3]
-    [(args, error)] = sheepdog.get_errors(_last_request(config), str(config["dbfile"]))
-    assert args == 2
-    assert "this task died before it had an outcome" in error
-    assert "qacct: exit_status 137" in error
+    [failure] = sheepdog.get_errors(_last_request(config), str(config["dbfile"]))
+    args, error = failure
+    assert args == 2 and failure.attempt == 2  # type: ignore[attr-defined]  # retried once
+    assert "ended while this task ran on" in error
+    assert "qacct: exit_status 137" in error  # Grid Engine's record of the kill
+    assert "earlier attempt 1: lost on" in error
 
 
 def _last_request(config: dict[str, object]) -> int:

@@ -22,28 +22,47 @@ KEY = b"s" * 32
     "value", [None, True, 0, -(2**63), 2**64 - 1, 1.5, "é", b"\0", [1, [2]], {"a": {1: None}}]
 )
 def test_plain_values_travel_as_msgpack(value: object) -> None:
-    data = codec.encode(value, KEY)
-    assert codec.decode(data, KEY) == value
+    data = codec.encode(value, KEY, codec.VALUE_CONTEXT)
+    assert codec.decode(data, KEY, codec.VALUE_CONTEXT) == value
     assert codec._unpack_envelope(data)[0] == codec.KIND_MSGPACK
 
 
 @pytest.mark.parametrize("value", [(1, 2), 2**70, {1, 2}, [1, (2,)], {(1, 2): 3}, Path("/x")])
 def test_other_values_are_pickled_and_keep_their_types(value: object) -> None:
-    data = codec.encode(value, KEY)
+    data = codec.encode(value, KEY, codec.VALUE_CONTEXT)
     assert codec._unpack_envelope(data)[0] == codec.KIND_PICKLE
-    back = codec.decode(data, KEY)
+    back = codec.decode(data, KEY, codec.VALUE_CONTEXT)
     assert back == value and type(back) is type(value)
 
 
-def test_a_changed_byte_or_key_fails_the_signature() -> None:
-    data = bytearray(codec.encode((1, 2), KEY))
+def test_a_changed_byte_key_or_context_fails_the_signature() -> None:
+    data = bytearray(codec.encode((1, 2), KEY, codec.args_context(7)))
+    assert codec.decode(bytes(data), KEY, codec.args_context(7)) == (1, 2)
     with pytest.raises(IntegrityError):
-        codec.decode(bytes(data), b"other key")
+        codec.decode(bytes(data), b"other key", codec.args_context(7))
+    with pytest.raises(IntegrityError):  # the arguments of task 7 are not those of task 8
+        codec.decode(bytes(data), KEY, codec.args_context(8))
     data[-1] ^= 1
     with pytest.raises(IntegrityError):
-        codec.decode(bytes(data), KEY)
+        codec.decode(bytes(data), KEY, codec.args_context(7))
     with pytest.raises(SerialisationError, match="not a sheepdog payload"):
-        codec.decode(b"garbage", KEY)
+        codec.decode(b"garbage", KEY, codec.VALUE_CONTEXT)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"token": "t2"}, {"index": 4}, {"attempt": 2}, {"status": "error"}, {"cause": "memory"},
+     {"payload": b"P"}, {"error": "e"}],
+)
+def test_an_outcome_signature_binds_request_index_attempt_status_and_body(
+    change: dict[str, object]
+) -> None:
+    signed = {"token": "t1", "index": 3, "attempt": 1, "status": "ok", "cause": "",
+              "payload": b"p", "error": ""}
+    mac = codec.outcome_mac(KEY, **signed)  # type: ignore[arg-type]
+    assert codec.check_outcome_mac(mac, KEY, **signed)  # type: ignore[arg-type]
+    assert not codec.check_outcome_mac(mac, KEY, **{**signed, **change})  # type: ignore[arg-type]
+    assert not codec.check_outcome_mac(mac, b"k" * 32, **signed)  # type: ignore[arg-type]
 
 
 def test_positional_arguments_of_an_item() -> None:
@@ -75,23 +94,66 @@ def test_describe_lists_every_key_once() -> None:
     text = describe()
     for key in ("host", "ssh_port", "ssh_user", "ssh_keyfile", "ssh_dir", "dbfile", "shell",
                 "ge_opts", "broker_url", "scheduler", "local_workers", "ship_worker",
-                "ssh_tunnel"):
+                "ssh_tunnel", "retries", "retry_errors", "retry_memory_factor",
+                "heartbeat_interval", "lease_timeout", "broker_patience"):
         assert text.count(f"  {key} = ") == 1
 
 
-def test_store_upserts_are_idempotent_and_latest_wins(tmp_path: Path) -> None:
+def _row(request_id: int, broker: str = "b") -> RequestRow:
+    return RequestRow(request_id, f"token{request_id}{broker}", broker, broker, request_id,
+                      "loc", "f", 2, "local", "", 0.0)
+
+
+def test_store_upserts_are_idempotent_and_a_later_attempt_wins(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
-        row = RequestRow("b", 1, "loc", "f", 2, "local", "", 0.0)
-        store.add_request(row, b"func", [b"a1", b"a2"])
-        base = {"broker_id": "b", "request_id": 1, "idx": 1, "value": None, "error": "x",
-                "host": None, "pid": None, "started": None, "finished": None, "stdout": None,
-                "stderr": None}
-        lost = dict(base, status="lost", stream_key=stream_key("10-0"))
-        ok = dict(base, status="ok", value=b"v", error=None, stream_key=stream_key("11-0"))
-        store.save_outcomes([lost, ok, lost], [])  # a replay of an older entry loses
-        store.save_outcomes([ok], [])
-        assert store.counts("b", 1) == {"ok": 1, "error": 0, "lost": 0}
-        assert [(t.idx, t.status) for t in store.tasks("b", 1)] == [(1, "ok"), (2, None)]
+        with store.new_request() as (floor, add):
+            assert floor == 1
+            add(_row(1), b"func")
+        store.add_tasks(1, [(1, b"a1"), (2, b"a2")])
+        base = {"request_id": 1, "idx": 1, "value": None, "error": "x", "cause": None,
+                "mac": "", "host": None, "pid": None, "job": None, "started": None,
+                "finished": None, "stdout": None, "stderr": None, "broker_id": "b"}
+        lost = dict(base, status="lost", attempt=1, stream_key=stream_key("10-0"))
+        ok = dict(base, status="ok", attempt=2, value=b"v", error=None,
+                  stream_key=stream_key("11-0"))
+        store.save_outcomes([lost, ok, lost], [], [], [])  # a replay of an earlier attempt loses
+        store.save_outcomes([ok], [], [], [])
+        assert store.counts(1) == {"ok": 1, "error": 0, "lost": 0}
+        assert [(t.idx, t.status, t.attempt) for t in store.tasks(1)] == [
+            (1, "ok", 2), (2, None, None)]
+        # After a resubmit of task 1 its outcome is history, and attempt 2 is before it.
+        store.restart_tasks(1, [1], {1: 3})
+        assert [(t.idx, t.status) for t in store.tasks(1)] == [(1, None), (2, None)]
+        store.save_outcomes([ok], [], [], [])
+        assert store.tasks(1)[0].status is None
+        assert [r["attempt"] for r in store.history(1)[1]] == [2]
+
+
+def test_store_request_ids_are_unique_whatever_the_broker(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        with store.new_request() as (floor, add):
+            add(_row(floor, "b1"), b"f")
+        with store.new_request() as (floor, add):
+            assert floor == 2  # the next broker's ids start above this dbfile's
+            add(_row(floor, "b2"), b"f")
+        assert [(r.request_id, r.broker_id) for r in store.requests()] == [(1, "b1"), (2, "b2")]
+
+
+def test_a_busy_dbfile_can_still_be_read(tmp_path: Path) -> None:
+    """Reading takes no lock: ls and status work while a collator holds the write lock."""
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store, store.new_request() as (floor, add):
+        add(_row(floor), b"f")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process writing
+    try:
+        with Store(path, create=False) as store:
+            assert [r.request_id for r in store.requests()] == [1]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_stream_keys_sort_like_stream_ids() -> None:
@@ -102,7 +164,7 @@ def test_stream_keys_sort_like_stream_ids() -> None:
 def test_errors_survive_pickling() -> None:
     import pickle
 
-    err = TaskErrors(3, [TaskFailure(1, (1, 0), "Traceback...")])
+    err = TaskErrors(3, [TaskFailure(1, (1, 0), "Traceback...", 2)])
     back = pickle.loads(pickle.dumps(err))
     assert back.request_id == 3 and back.failures == err.failures and str(back) == str(err)
 

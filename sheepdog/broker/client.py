@@ -1,9 +1,9 @@
 """The broker's operations for the submitter side, over redis-py.
 
-Submitter, collator and local runner go through ``Broker``; the task-side
-operations it shares with workers are ``tasks.TaskChannel``. Key names come
-from ``keys`` and multi-key changes from ``scripts``; no other module issues
-Redis commands.
+Submitter, collator, reaper and local runner go through ``Broker``; the
+task-side operations it shares with workers are ``tasks.TaskChannel``. Key
+names come from ``keys`` and multi-key changes from ``scripts``; no other
+module issues Redis commands.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import redis
 
 from sheepdog.broker import keys, scripts
 from sheepdog.broker.connection import connect
-from sheepdog.broker.tasks import TaskChannel
+from sheepdog.broker.tasks import Claim, TaskChannel
 from sheepdog.errors import BrokerError
 
 #: Tasks pushed per pipeline round trip when a request is created.
@@ -28,6 +28,17 @@ StreamEntry = tuple[str, dict[str, bytes]]
 #: redis-py annotates replies as unions of its sync and async types; replies
 #: are read into variables of this type and converted right away.
 Reply = Any
+
+#: What a worker's per-request broker user may run: PING and SELECT when it
+#: connects, the Lua scripts, and what they (and the local runner) call -
+#: the broker checks commands inside a script against the same user. Named
+#: one by one: '+@write' would include FLUSHALL, '+@read' KEYS and SCAN,
+#: which key patterns do not restrict. (TIME inside a script needs '+time'.)
+WORKER_COMMANDS = (
+    "ping", "select", "eval", "time", "get", "hget", "hmget", "hgetall", "hkeys", "hset",
+    "hdel", "hexists", "hincrby", "hlen", "del", "unlink", "xadd", "zadd", "zrem", "zscore",
+    "zrangebyscore",
+)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -51,7 +62,9 @@ class Broker:
         self.client.close()
 
     def _identity(self) -> str:
-        # HSETNX makes the first submitter's uuid the broker's for ever.
+        # HSETNX makes the first submitter's uuid the broker's for ever - until
+        # its data is lost: then the next one makes a new id, which is how a
+        # flushed or replaced broker is recognised.
         self.client.hsetnx(keys.broker(), "id", str(uuid.uuid4()))
         self.client.hsetnx(keys.broker(), "schema", keys.SCHEMA_VERSION)
         schema = _text(self.client.hget(keys.broker(), "schema"))
@@ -62,32 +75,64 @@ class Broker:
             )
         return str(_text(self.client.hget(keys.broker(), "id")))
 
+    def current_id(self) -> str | None:
+        """The id the broker holds now (None: its data is gone), without making one."""
+        return _text(self.client.hget(keys.broker(), "id"))
+
     # -- requests -----------------------------------------------------------
 
-    def new_request_id(self) -> int:
-        return int(self.client.incr(keys.seq()))
+    def new_request_id(self, floor: int) -> int:
+        """A request id no submitter of this broker has had, and at least ``floor``."""
+        return int(self.client.eval(scripts.NEXT_ID, 1, keys.seq(), floor))
 
-    def create_request(
-        self,
-        request_id: int,
-        meta: Mapping[str, str | int],
-        func_payload: bytes,
-        task_payloads: Iterable[bytes],
+    def request_exists(self, request_id: int) -> bool:
+        return bool(self.client.exists(keys.meta(request_id)))
+
+    def push_request(
+        self, request_id: int, meta: Mapping[str, str | int], func_payload: bytes,
+        task_payloads: Iterable[tuple[int, bytes]],
+        claims: Mapping[int, str] | None = None,
     ) -> None:
-        """Store meta, function and tasks (indices from 1) in batched round trips."""
+        """Store meta, function and tasks in batched round trips, all expiring in SUBMIT_TTL.
+
+        ``claims`` (index -> claim) carries attempt numbers over from an earlier
+        submission. ``queued`` then keeps the keys for good.
+        """
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(keys.meta(request_id), mapping=dict(meta))  # type: ignore[arg-type]
         pipe.set(keys.func(request_id), func_payload)
         pipe.zadd(keys.requests(), {str(request_id): time.time()})
         batch: dict[int, bytes] = {}
-        for index, payload in enumerate(task_payloads, start=1):
+        for index, payload in task_payloads:
             batch[index] = payload
             if len(batch) == PUSH_BATCH:
-                pipe.hset(keys.tasks(request_id), mapping=batch)  # type: ignore[arg-type]
-                pipe.execute()
+                self._push_batch(pipe, request_id, batch)
                 batch = {}
         if batch:
             pipe.hset(keys.tasks(request_id), mapping=batch)  # type: ignore[arg-type]
+        placeholders = list((claims or {}).items())
+        for start in range(0, len(placeholders), PUSH_BATCH):
+            chunk = dict(placeholders[start : start + PUSH_BATCH])
+            pipe.hset(keys.claims(request_id), mapping=chunk)  # type: ignore[arg-type]
+        self._expire_all(pipe, request_id, keys.SUBMIT_TTL)
+        pipe.execute()
+
+    def _push_batch(self, pipe: Any, request_id: int, batch: dict[int, bytes]) -> None:
+        pipe.hset(keys.tasks(request_id), mapping=batch)
+        self._expire_all(pipe, request_id, keys.SUBMIT_TTL)  # a dead submitter leaves nothing
+        pipe.execute()
+
+    @staticmethod
+    def _expire_all(pipe: Any, request_id: int, seconds: int) -> None:
+        for key in keys.request_keys(request_id):
+            pipe.expire(key, seconds)
+
+    def queued(self, request_id: int, job_ids: str) -> None:
+        """The job is submitted: keep the request's keys until it is collated."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(keys.meta(request_id), mapping={"job_ids": job_ids, "status": "queued"})
+        for key in keys.request_keys(request_id):
+            pipe.persist(key)
         pipe.execute()
 
     def delete_request(self, request_id: int) -> None:
@@ -97,8 +142,15 @@ class Broker:
     def set_meta(self, request_id: int, **fields: str | int) -> None:
         self.client.hset(keys.meta(request_id), mapping=fields)  # type: ignore[arg-type]
 
+    def add_job_ids(self, request_id: int, job_ids: list[str]) -> str:
+        """Append ``job_ids`` to the request's; return them all, comma separated."""
+        known = _text(self.client.hget(keys.meta(request_id), "job_ids")) or ""
+        joined = ",".join([j for j in known.split(",") if j] + job_ids)
+        self.client.hset(keys.meta(request_id), "job_ids", joined)
+        return joined
+
     def pending(self, request_id: int) -> int:
-        """Tasks that have no outcome yet."""
+        """Tasks that have no final outcome yet."""
         return int(self.client.hlen(keys.tasks(request_id)))
 
     def pending_indices(self, request_id: int) -> list[int]:
@@ -106,8 +158,7 @@ class Broker:
 
     def expire_request(self, request_id: int, seconds: int) -> None:
         pipe = self.client.pipeline(transaction=False)
-        for key in keys.request_keys(request_id):
-            pipe.expire(key, seconds)
+        self._expire_all(pipe, request_id, seconds)
         pipe.execute()
 
     # -- task side (one implementation, shared with the workers) ---------------
@@ -115,23 +166,66 @@ class Broker:
     def meta(self, request_id: int) -> dict[str, str]:
         return self.tasks.meta(request_id)
 
-    def record(
-        self, request_id: int, index: int, status: str, fields: Mapping[str, str | bytes]
-    ) -> bool:
-        return self.tasks.record(request_id, index, status, fields)
+    def claims(self, request_id: int) -> dict[int, Claim]:
+        raw: Reply = self.client.hgetall(keys.claims(request_id))
+        return {int(k): Claim.parse(v.decode()) for k, v in raw.items()}
 
-    def leases(self, request_id: int) -> dict[int, str]:
-        raw: Reply = self.client.hgetall(keys.leases(request_id))
-        return {int(k): v.decode() for k, v in raw.items()}
+    def leases(self, request_id: int) -> dict[int, float]:
+        """Running task -> lease deadline (broker time)."""
+        raw: Reply = self.client.zrange(keys.leases(request_id), 0, -1, withscores=True)
+        return {int(k): float(score) for k, score in raw}
 
-    def cancel(self, request_id: int, reason: str, *, status: str = "cancelled") -> int:
-        """Record every task without an outcome as lost; -1 if the request is unknown.
+    def cancel(self, request_id: int, token: str, reason: str, mac: str) -> int:
+        """Give up every task without a final outcome; -1 if the request is unknown."""
+        return int(self.tasks.eval_script(scripts.CANCEL, request_id, [token, reason, mac]))
 
-        ``status`` becomes the request's: cancelled, or done when its remaining
-        tasks died and nothing else will come.
+    def expired(self, request_id: int, token: str, limit: int = 1000
+                ) -> list[tuple[int, Claim | None, float]]:
+        """Running attempts whose lease ran out: (index, claim, deadline)."""
+        flat: Reply = self.tasks.eval_script(scripts.EXPIRED, request_id, [token, limit])
+        found = []
+        for i in range(0, len(flat), 3):
+            text = _text(flat[i + 1]) or ""
+            found.append((int(flat[i]), Claim.parse(text) if text else None, float(flat[i + 2])))
+        return found
+
+    def take_retries(self, request_id: int, token: str) -> dict[int, int]:
+        """Tasks waiting for a new attempt (index -> memory level); they are now the caller's."""
+        flat: Reply = self.tasks.eval_script(scripts.TAKE_RETRIES, request_id, [token])
+        return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def waiting_retries(self, request_id: int) -> dict[int, int]:
+        """Tasks waiting for a new attempt (index -> memory level), left where they are."""
+        raw: Reply = self.client.hgetall(keys.retry(request_id))
+        return {int(k): int(v) for k, v in raw.items()}
+
+    def put_back_retries(self, request_id: int, waiting: Mapping[int, int]) -> None:
+        if waiting and self.request_exists(request_id):
+            self.client.hset(keys.retry(request_id), mapping=dict(waiting))  # type: ignore[arg-type]
+
+    def broker_time(self) -> float:
+        seconds, micros = self.client.time()
+        return float(seconds) + float(micros) / 1e6
+
+    # -- per-request users ------------------------------------------------------
+
+    def create_worker_user(self, name: str, password: str, request_id: int) -> None:
+        """An ACL user that can touch only this request's keys (made again if it exists).
+
+        Raises redis.ResponseError if this broker has no ACLs or we may not
+        manage them.
         """
-        argv = [reason, f"{time.time():.6f}", status]
-        return int(self.tasks.eval_script(scripts.CANCEL, request_id, argv))
+        self.client.acl_setuser(
+            name, enabled=True, reset=True, passwords=[f"+{password}"],
+            keys=[keys.request_pattern(request_id)], reset_channels=True,
+            categories=["-@all"], commands=[f"+{command}" for command in WORKER_COMMANDS],
+        )
+
+    def worker_user_exists(self, name: str) -> bool:
+        return self.client.acl_getuser(name) is not None
+
+    def delete_worker_user(self, name: str) -> None:
+        self.client.acl_deluser(name)
 
     # -- collator side ------------------------------------------------------
 
@@ -184,3 +278,4 @@ class Broker:
     def ack(self, request_id: int, group: str, entry_ids: list[str]) -> None:
         if entry_ids:
             self.client.xack(keys.results(request_id), group, *entry_ids)
+

@@ -6,8 +6,16 @@ An envelope is the msgpack array ``[VERSION, kind, mac, body]``:
   str, bytes, list, dict of those). It comes back with the same types, except
   that nothing else is allowed in: a tuple or a subclass goes to kind 1.
 - ``kind`` 1: ``body`` is cloudpickle of anything else, functions by value.
-- ``mac`` is HMAC-SHA256 of ``kind`` and ``body`` under the request's key.
-  Unpickling runs code, so nothing is unpickled before its mac checks out.
+- ``mac`` is HMAC-SHA256 of a context, ``kind`` and ``body`` under the
+  request's key. The context says what the payload is for (``func``,
+  ``args:7``, ``value``), so the arguments of task 7 cannot be replayed as
+  those of task 8. Unpickling runs code, so nothing is unpickled before its
+  mac checks out.
+
+Every entry of a request's results stream carries a signature of its own
+(``outcome_mac``) over the request's token, the task index, the attempt, the
+status, the cause, the payload and the error text: a signed outcome means one
+thing only, and cannot be replayed under another index, attempt or request.
 """
 
 from __future__ import annotations
@@ -27,8 +35,17 @@ KIND_MSGPACK = 0
 KIND_PICKLE = 1
 
 
-def _mac(key: bytes, kind: int, body: bytes) -> bytes:
-    return hmac.new(key, bytes([kind]) + body, hashlib.sha256).digest()
+def _mac(key: bytes, context: bytes, kind: int, body: bytes) -> bytes:
+    message = len(context).to_bytes(4, "big") + context + bytes([kind]) + body
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def args_context(index: int) -> bytes:
+    return b"args:%d" % index
+
+
+FUNC_CONTEXT = b"func"
+VALUE_CONTEXT = b"value"
 
 
 def _pack_plain(obj: object) -> bytes | None:
@@ -40,7 +57,7 @@ def _pack_plain(obj: object) -> bytes | None:
     return data
 
 
-def encode(obj: object, key: bytes, *, what: str = "value") -> bytes:
+def encode(obj: object, key: bytes, context: bytes, *, what: str = "value") -> bytes:
     """Envelope for ``obj``; ``what`` names it in the error if it cannot be pickled."""
     body = _pack_plain(obj)
     kind = KIND_MSGPACK
@@ -55,7 +72,8 @@ def encode(obj: object, key: bytes, *, what: str = "value") -> bytes:
                 " holding locks, open files, sockets or database connections cannot be"
                 " pickled - create them inside the function instead."
             ) from exc
-    packed: bytes = msgpack.packb([VERSION, kind, _mac(key, kind, body), body], use_bin_type=True)
+    mac = _mac(key, context, kind, body)
+    packed: bytes = msgpack.packb([VERSION, kind, mac, body], use_bin_type=True)
     return packed
 
 
@@ -72,27 +90,36 @@ def _unpack_envelope(data: bytes) -> tuple[int, bytes, bytes]:
     return kind, mac, body
 
 
-def verify(data: bytes, key: bytes) -> None:
-    """Raise IntegrityError unless ``data`` was signed with ``key``."""
+def verify(data: bytes, key: bytes, context: bytes) -> None:
+    """Raise IntegrityError unless ``data`` was signed with ``key`` for ``context``."""
     kind, mac, body = _unpack_envelope(data)
-    if not hmac.compare_digest(mac, _mac(key, kind, body)):
+    if not hmac.compare_digest(mac, _mac(key, context, kind, body)):
         raise IntegrityError(
             "payload signature does not match this request's key: it was not written by"
             " this request's submitter or workers, so it is not unpickled"
         )
 
 
-def decode(data: bytes, key: bytes) -> Any:
+def decode(data: bytes, key: bytes, context: bytes) -> Any:
     """The object in ``data``, after its signature has been checked."""
-    verify(data, key)
-    return decode_trusted(data)
+    verify(data, key, context)
+    return _loads(data)
 
 
-def decode_trusted(data: bytes) -> Any:
-    """The object in ``data`` without a signature check.
+def is_plain(data: bytes) -> bool:
+    """Whether ``data`` holds plain msgpack, which decodes without running any code."""
+    return _unpack_envelope(data)[0] == KIND_MSGPACK
 
-    Only for payloads already verified on their way into our own SQLite store.
+
+def decode_checked(data: bytes) -> Any:
+    """The object in ``data`` whose signature the caller has checked some other way.
+
+    Only for a payload covered by a verified ``outcome_mac``.
     """
+    return _loads(data)
+
+
+def _loads(data: bytes) -> Any:
     kind, _mac_unused, body = _unpack_envelope(data)
     if kind == KIND_MSGPACK:
         return msgpack.unpackb(body, raw=False, strict_map_key=False)
@@ -104,3 +131,23 @@ def decode_trusted(data: bytes) -> Any:
             " needs may be missing here, or this Python differs from the one that pickled it."
         ) from exc
 
+
+
+def outcome_mac(
+    key: bytes, token: str, index: int, attempt: int, status: str, cause: str,
+    payload: bytes, error: str,
+) -> str:
+    """Hex signature of one results-stream entry (see the module docstring)."""
+    parts = [b"outcome", token.encode(), b"%d" % index, b"%d" % attempt, status.encode(),
+             cause.encode(), hashlib.sha256(payload).digest(),
+             hashlib.sha256(error.encode("utf-8", "surrogateescape")).digest()]
+    message = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def check_outcome_mac(
+    mac: str, key: bytes, token: str, index: int, attempt: int, status: str, cause: str,
+    payload: bytes, error: str,
+) -> bool:
+    expected = outcome_mac(key, token, index, attempt, status, cause, payload, error)
+    return hmac.compare_digest(mac.encode(), expected.encode())

@@ -114,20 +114,42 @@ class RespClient:
         self._sock.close()
 
 
-def connect(url: str, *, attempts: int = 1, retry_delay: float = 1.0) -> RespClient:
-    """A connected, authenticated client; BrokerError says why not."""
-    last: Exception | None = None
-    for attempt in range(attempts):
+#: Error replies that mean "not now" rather than "no": the server is loading
+#: its data, busy with a script, out of memory, failing over or still being
+#: set up; a per-request user missing after a restart is recreated by the
+#: submitter.
+TRANSIENT_REPLIES = ("LOADING", "BUSY", "OOM", "MISCONF", "TRYAGAIN", "MASTERDOWN",
+                     "READONLY", "CLUSTERDOWN", "NOREPLICAS", "WRONGPASS", "NOAUTH")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether retrying later may succeed where ``exc`` failed."""
+    if isinstance(exc, RespError):
+        return str(exc).startswith(TRANSIENT_REPLIES)
+    return isinstance(exc, OSError)  # ConnectionError, timeouts and TLS errors
+
+
+def connect(url: str, *, patience: float = 0.0, retry_delay: float = 0.5) -> RespClient:
+    """A connected, authenticated client, trying for up to ``patience`` seconds.
+
+    A refused password or an unreachable server raise BrokerError saying
+    which, once the patience is used up.
+    """
+    deadline = time.monotonic() + patience
+    while True:
         try:
             return RespClient.from_url(url)
-        except RespError as exc:
-            if str(exc).startswith(("WRONGPASS", "ERR invalid password", "ERR AUTH")):
-                raise urls.refused_password(url, exc) from exc
-            if str(exc).startswith("NOAUTH"):
-                raise urls.needs_password(url) from exc
-            raise urls.unreachable(url, exc) from exc
-        except OSError as exc:  # ConnectionError, timeouts and TLS errors are OSErrors
-            last = exc
-            if attempt + 1 < attempts:
-                time.sleep(retry_delay)
-    raise urls.unreachable(url, last) from last
+        except (RespError, OSError) as exc:
+            if not transient(exc) or time.monotonic() + retry_delay > deadline:
+                raise _connect_error(url, exc) from exc
+        time.sleep(retry_delay)
+        retry_delay = min(retry_delay * 2, 5.0)
+
+
+def _connect_error(url: str, exc: BaseException) -> Exception:
+    text = str(exc)
+    if text.startswith(("WRONGPASS", "ERR invalid password", "ERR AUTH")):
+        return urls.refused_password(url, exc)
+    if text.startswith("NOAUTH"):
+        return urls.needs_password(url)
+    return urls.unreachable(url, exc)

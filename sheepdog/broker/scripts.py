@@ -1,65 +1,203 @@
 """Lua scripts: every multi-key change to a request happens in one of these.
 
 Keys are always passed in the order of ``keys.request_keys``:
-KEYS[1] meta, KEYS[2] tasks, KEYS[3] leases, KEYS[4] results, KEYS[5] func.
+KEYS[1] meta, KEYS[2] tasks, KEYS[3] leases, KEYS[4] results, KEYS[5] func,
+KEYS[6] claims, KEYS[7] retry.
+
+The rules they keep (docs/faults.md says what they mean for users):
+
+- Every script first checks the request's ``token``: a worker of a request
+  that is gone (its id reused after a flush) touches nothing.
+- A task is *held* by the attempt named in its claim. Only the holder may
+  record its outcome or push its lease forward (fencing): a worker presumed
+  dead that comes back late cannot overwrite a retry's result.
+- Times are the broker's (``TIME``), never a node's or the laptop's clock.
 """
 
 from __future__ import annotations
 
-#: Record one task's outcome, once. ARGV: index, status, now, then field/value
-#: pairs for the stream entry. The task leaves ``tasks`` in the same step, so a
-#: second attempt at the same index finds nothing to record and returns 0.
-RECORD = """
-local idx = ARGV[1]
-local status = ARGV[2]
-if redis.call('HDEL', KEYS[2], idx) == 0 then
-  return 0
+#: Shared Lua: the broker's clock, and a claim split into its fields.
+_PRELUDE = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-redis.call('HDEL', KEYS[3], idx)
-local entry = {'index', idx, 'status', status}
-for i = 4, #ARGV do entry[#entry + 1] = ARGV[i] end
+local function parse_claim(text)
+  if not text then return nil end
+  local a, f, l, h = string.match(text, '^(%d+) (%d+) (%d+) (%S+)')
+  return {attempt = tonumber(a), first = tonumber(f), level = tonumber(l), holder = h}
+end
+"""
+
+#: A worker takes task ARGV[2] for a new attempt. ARGV: token, index, holder,
+#: level, host, pid, job, lease seconds. Returns {'run', attempt, func, args,
+#: python} or {reason}: gone (no such request), cancelled, outside (index not
+#: in the request; then n_tasks), done (it has its final outcome), busy
+#: (another attempt holds it; then that claim).
+CLAIM = _PRELUDE + """
+local meta = redis.call('HMGET', KEYS[1], 'token', 'status', 'n_tasks', 'python')
+if meta[1] ~= ARGV[1] then return {'gone'} end
+if meta[2] == 'cancelled' then return {'cancelled'} end
+local idx = ARGV[2]
+local i = tonumber(idx)
+if not i or i < 1 or i > tonumber(meta[3]) then return {'outside', meta[3]} end
+local args = redis.call('HGET', KEYS[2], idx)
+if not args then return {'done'} end
+local text = redis.call('HGET', KEYS[6], idx)
+local prev = parse_claim(text)
+if prev and prev.holder ~= '-' then return {'busy', text} end
+local attempt, first = 1, 1
+if prev then attempt, first = prev.attempt + 1, prev.first end
+local t = now()
+redis.call('HSET', KEYS[6], idx, table.concat({attempt, first, ARGV[4], ARGV[3],
+  string.format('%.3f', t), ARGV[5], ARGV[6], ARGV[7]}, ' '))
+redis.call('ZADD', KEYS[3], t + tonumber(ARGV[8]), idx)
+redis.call('HDEL', KEYS[7], idx)
+return {'run', attempt, redis.call('GET', KEYS[5]), args, meta[4]}
+"""
+
+#: The holder of task ARGV[2] is alive: its lease now ends ARGV[4] seconds from
+#: now. ARGV: token, index, holder, lease seconds. Returns 1, 0 if the task is
+#: no longer held by that holder (declared lost, or finished), -1 if the
+#: request is gone.
+HEARTBEAT = _PRELUDE + """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
+local claim = parse_claim(redis.call('HGET', KEYS[6], ARGV[2]))
+if not claim or claim.holder ~= ARGV[3] then return 0 end
+redis.call('ZADD', KEYS[3], now() + tonumber(ARGV[4]), ARGV[2])
+return 1
+"""
+
+#: Record the end of one attempt of task ARGV[2]. ARGV: token, index, holder,
+#: attempt, status (ok/error/lost), cause, check, then field/value pairs for
+#: the stream entry (signed by the caller over index, attempt, status, cause,
+#: payload and error).
+#:
+#: ``holder`` is the claim's holder; '-' records a lost attempt that never got
+#: to claim (its worker did not start), and is then attempt ``prev + 1``.
+#: ``check`` 'expired' accepts only if the holder's lease has run out (the
+#: reaper; a late heartbeat wins). An outcome that may be retried (lost, or
+#: error with retry_errors, or over memory with retry_memory, while attempts
+#: are left) is written with next=retry, the task waits in ``retry`` and its
+#: claim keeps only the attempt numbers; otherwise it is final: the task leaves
+#: ``tasks``, ``claims`` and ``retry``, and the request is done when no task is
+#: left. Returns 1 final, 2 retried, 0 not the holder (or already final),
+#: -1 request gone, -2 request cancelled.
+RECORD = _PRELUDE + """
+local meta = redis.call('HMGET', KEYS[1], 'token', 'status', 'max_attempts',
+                        'retry_errors', 'retry_memory')
+if meta[1] ~= ARGV[1] then return -1 end
+if meta[2] == 'cancelled' then return -2 end
+local idx, holder, attempt, status, cause = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+if redis.call('HEXISTS', KEYS[2], idx) == 0 then return 0 end
+local claim = parse_claim(redis.call('HGET', KEYS[6], idx))
+local first, level = 1, 0
+if holder == '-' then
+  local prev = claim and claim.attempt or 0
+  if (claim and claim.holder ~= '-') or attempt ~= prev + 1 then return 0 end
+  if claim then first, level = claim.first, claim.level end
+else
+  if not claim or claim.holder ~= holder or claim.attempt ~= attempt then return 0 end
+  first, level = claim.first, claim.level
+  if ARGV[7] == 'expired' then
+    local deadline = redis.call('ZSCORE', KEYS[3], idx)
+    if deadline and tonumber(deadline) > now() then return 0 end
+  end
+end
+local retry = false
+if attempt - first + 1 < tonumber(meta[3] or '1') then
+  retry = status == 'lost'
+    or (status == 'error' and (meta[4] == '1' or (cause == 'memory' and meta[5] == '1')))
+end
+redis.call('ZREM', KEYS[3], idx)
+local entry = {'index', idx, 'attempt', attempt, 'status', status}
+if cause ~= '' then
+  entry[#entry + 1] = 'cause'
+  entry[#entry + 1] = cause
+end
+for i = 8, #ARGV do entry[#entry + 1] = ARGV[i] end
+if retry then
+  if cause == 'memory' then level = level + 1 end
+  entry[#entry + 1] = 'next'
+  entry[#entry + 1] = 'retry'
+  redis.call('HSET', KEYS[6], idx, table.concat({attempt, first, level, '-'}, ' '))
+  redis.call('HSET', KEYS[7], idx, level)
+  redis.call('HINCRBY', KEYS[1], 'n_retried', 1)
+  redis.call('XADD', KEYS[4], '*', unpack(entry))
+  return 2
+end
+redis.call('HDEL', KEYS[2], idx)
+redis.call('HDEL', KEYS[6], idx)
+redis.call('HDEL', KEYS[7], idx)
 redis.call('XADD', KEYS[4], '*', unpack(entry))
 redis.call('HINCRBY', KEYS[1], 'n_' .. status, 1)
-if redis.call('HLEN', KEYS[2]) == 0
-   and redis.call('HGET', KEYS[1], 'status') ~= 'cancelled' then
-  redis.call('HSET', KEYS[1], 'status', 'done', 'finished', ARGV[3])
+if redis.call('HLEN', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[1], 'status', 'done', 'finished', string.format('%.6f', now()))
 end
 return 1
 """
 
-#: A worker asked for an index that is not part of the request. ARGV: index,
-#: reason, host, pid, now. Recorded only if the request exists.
+#: A worker asked for an index that is not part of the request. ARGV: token,
+#: then field/value pairs of the (signed) entry. Returns 1, or 0 if the
+#: request is gone.
 REJECT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-redis.call('XADD', KEYS[4], '*', 'index', ARGV[1], 'status', 'rejected',
-           'error', ARGV[2], 'host', ARGV[3], 'pid', ARGV[4],
-           'started', ARGV[5], 'finished', ARGV[5])
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+local entry = {'status', 'rejected', 'attempt', '0'}
+for i = 2, #ARGV do entry[#entry + 1] = ARGV[i] end
+redis.call('XADD', KEYS[4], '*', unpack(entry))
 redis.call('HINCRBY', KEYS[1], 'n_rejected', 1)
 return 1
 """
 
-#: Give up on a request: every task without an outcome is recorded as lost
-#: with the reason in ARGV[1], which is also kept in the meta; ARGV[2] is now,
-#: ARGV[3] the request's new status: cancelled, or done when the tasks died on
-#: their own and the request is simply over. A request whose tasks all have
-#: outcomes is left as it is. Returns how many tasks were given up, -1 if the
-#: request is unknown.
-CANCEL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return -1
+#: Give up on a request: one stream entry (status cancelled, index 0) stands
+#: for every task without a final outcome, so cancelling a million tasks is
+#: one small write; the collator records each of them as lost. ARGV: token,
+#: reason, mac. Tasks, claims, leases and retries go (UNLINK frees them in
+#: the background). Returns how many tasks were given up, -1 if the request is
+#: unknown; a request whose tasks all have outcomes is left as it is (0).
+CANCEL = _PRELUDE + """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
+local pending = redis.call('HLEN', KEYS[2])
+if pending == 0 then return 0 end
+local t = string.format('%.6f', now())
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', t, 'reason', ARGV[2])
+redis.call('XADD', KEYS[4], '*', 'index', '0', 'attempt', '0', 'status', 'cancelled',
+           'error', ARGV[2], 'mac', ARGV[3], 'started', t, 'finished', t)
+redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[6], KEYS[7])
+redis.call('HINCRBY', KEYS[1], 'n_lost', pending)
+return pending
+"""
+
+#: Running attempts whose lease has run out: a flat list of index, claim,
+#: deadline (at most ARGV[2] of them). ARGV: token, limit.
+EXPIRED = _PRELUDE + """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return {} end
+local found = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now(), 'WITHSCORES',
+                         'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #found, 2 do
+  out[#out + 1] = found[i]
+  out[#out + 1] = redis.call('HGET', KEYS[6], found[i]) or ''
+  out[#out + 1] = found[i + 1]
 end
-local pending = redis.call('HKEYS', KEYS[2])
-if #pending == 0 then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[2], 'reason', ARGV[1])
-for _, idx in ipairs(pending) do
-  redis.call('XADD', KEYS[4], '*', 'index', idx, 'status', 'lost', 'error', ARGV[1],
-             'started', ARGV[2], 'finished', ARGV[2])
-end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('HINCRBY', KEYS[1], 'n_lost', #pending)
-return #pending
+return out
+"""
+
+#: Take the tasks waiting for a new attempt: a flat list of index, level; the
+#: caller starts them (or puts them back). ARGV: token.
+TAKE_RETRIES = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return {} end
+local waiting = redis.call('HGETALL', KEYS[7])
+redis.call('DEL', KEYS[7])
+return waiting
+"""
+
+#: A new request id: INCR of KEYS[1] (the broker's sequence), and at least
+#: ARGV[1], so that ids stay unique in a dbfile that also holds requests of
+#: other brokers.
+NEXT_ID = """
+local lowest = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < lowest - 1 then redis.call('SET', KEYS[1], lowest - 1) end
+return redis.call('INCR', KEYS[1])
 """

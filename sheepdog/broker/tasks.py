@@ -1,23 +1,78 @@
 """The task-side operations on a request, written once for both clients.
 
-``TaskChannel`` is what a worker (and the local runner) needs: read the meta,
-fetch a task, take a lease, record an outcome. It runs over anything with
-``execute_command`` - the workers' small ``resp.RespClient`` or redis-py's
-client - and uses only commands whose replies both return alike (no HGETALL,
-which redis-py turns into a dict). The same contract tests run it over both.
+``TaskChannel`` is what a worker (and the local runner, and the submitter's
+reaper) needs: claim a task for an attempt, keep its lease alive, record how
+the attempt ended. It runs over anything with ``execute_command`` - the
+workers' small ``resp.RespClient`` or redis-py's client - and uses only
+replies both return alike. The same contract tests run it over both.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sheepdog.broker import keys, scripts
+from sheepdog.broker import codec, keys, scripts
 
 
 class Commands(Protocol):
     def execute_command(self, *args: Any) -> Any: ...
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class ClaimReply:
+    """What CLAIM said: ``kind`` is run, gone, cancelled, outside, done or busy."""
+
+    kind: str
+    attempt: int = 0
+    func: bytes = b""
+    args: bytes = b""
+    python: str = ""
+    detail: str = ""  # outside: n_tasks; busy: the holder's claim
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A ``claims`` hash value, split (see ``keys.CLAIM_FIELDS``)."""
+
+    attempt: int
+    first: int
+    level: int
+    holder: str
+    started: float = 0.0
+    host: str = ""
+    pid: str = ""
+    job: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Claim:
+        parts = text.split() + [""] * len(keys.CLAIM_FIELDS)
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]), parts[3],
+                   float(parts[4] or 0), parts[5], parts[6], parts[7])
+
+
+#: Record replies (see ``scripts.RECORD``).
+FINAL, RETRIED, NOT_HOLDER, GONE, CANCELLED = 1, 2, 0, -1, -2
+
+
+def signed_fields(
+    key: bytes, token: str, index: int, attempt: int, status: str, cause: str,
+    fields: Mapping[str, str | bytes],
+) -> dict[str, str | bytes]:
+    """``fields`` with the entry's signature added (over what ``codec.outcome_mac`` covers)."""
+    payload = fields.get("payload", b"")
+    error = fields.get("error", "")
+    mac = codec.outcome_mac(
+        key, token, index, attempt, status, cause,
+        payload if isinstance(payload, bytes) else payload.encode(),
+        error if isinstance(error, str) else error.decode("utf-8", "surrogateescape"),
+    )
+    return {**fields, "mac": mac}
 
 
 class TaskChannel:
@@ -36,27 +91,48 @@ class TaskChannel:
         pairs = zip(keys.META_FIELDS, values, strict=True)
         return {field: value.decode() for field, value in pairs if value is not None}
 
-    def fetch(self, request_id: int, index: int) -> tuple[bytes | None, bytes | None]:
-        """(function payload, args payload) of one task; None where missing."""
-        args = self.conn.execute_command("HGET", keys.tasks(request_id), index)
-        if args is None:
-            return None, None
-        return self.conn.execute_command("GET", keys.func(request_id)), args
+    def claim(
+        self, request_id: int, token: str, index: int, *, holder: str, level: int, host: str,
+        pid: int, job: str, lease: float,
+    ) -> ClaimReply:
+        """Take task ``index`` for a new attempt, with a lease of ``lease`` seconds."""
+        reply = self.eval_script(scripts.CLAIM, request_id, [
+            token, index, holder, level, _word(host), pid, _word(job), f"{lease:.3f}",
+        ])
+        kind = _text(reply[0])
+        if kind == "run":
+            return ClaimReply(kind, int(reply[1]), reply[2] or b"", reply[3], _text(reply[4]))
+        return ClaimReply(kind, detail=_text(reply[1]) if len(reply) > 1 else "")
 
-    def take_lease(self, request_id: int, index: int, holder: str) -> None:
-        self.conn.execute_command("HSET", keys.leases(request_id), index, holder)
+    def heartbeat(self, request_id: int, token: str, index: int, holder: str, lease: float
+                  ) -> int:
+        """Push the lease forward; 1, or 0 if no longer the holder, -1 if the request is gone."""
+        return int(self.eval_script(scripts.HEARTBEAT, request_id,
+                                    [token, index, holder, f"{lease:.3f}"]))
 
     def record(
-        self, request_id: int, index: int, status: str, fields: Mapping[str, str | bytes]
-    ) -> bool:
-        """Record a task's outcome; False if it already had one (nothing written)."""
-        if status not in keys.STATUSES:
+        self, request_id: int, token: str, index: int, *, holder: str, attempt: int,
+        status: str, cause: str, fields: Mapping[str, str | bytes], check: str = "",
+    ) -> int:
+        """Record how an attempt ended (already signed ``fields``); see ``scripts.RECORD``."""
+        if status not in keys.OUTCOMES:
             raise ValueError(f"unknown status {status!r}")
-        argv: list[Any] = [index, status, f"{time.time():.6f}"]
+        argv: list[Any] = [token, index, holder, attempt, status, cause, check]
         for name, value in fields.items():
             argv += [name, value]
-        return bool(self.eval_script(scripts.RECORD, request_id, argv))
+        return int(self.eval_script(scripts.RECORD, request_id, argv))
 
-    def reject(self, request_id: int, index: int, reason: str, host: str, pid: int) -> bool:
-        argv: list[Any] = [index, reason, host, pid, f"{time.time():.6f}"]
+    def reject(self, request_id: int, token: str, fields: Mapping[str, str | bytes]) -> bool:
+        argv: list[Any] = [token]
+        for name, value in fields.items():
+            argv += [name, value]
         return bool(self.eval_script(scripts.REJECT, request_id, argv))
+
+    def claim_of(self, request_id: int, index: int) -> Claim | None:
+        text = self.conn.execute_command("HGET", keys.claims(request_id), index)
+        return Claim.parse(_text(text)) if text else None
+
+
+def _word(text: str) -> str:
+    """``text`` as one space-free word, for a claim's fields."""
+    return "_".join(text.split()) or "-"

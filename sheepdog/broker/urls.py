@@ -11,7 +11,7 @@ Accepted URLs (the same as redis-py's):
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from sheepdog.errors import BrokerError
 
@@ -63,3 +63,12 @@ def unreachable(url: str, detail: object) -> BrokerError:
         f"cannot reach the broker at {redact(url)}: {detail}. Is the server running, and is"
         " this address reachable from here? Check broker_url."
     )
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """``url`` logging in as ``user`` with ``password`` instead of its own credentials."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("password="))
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

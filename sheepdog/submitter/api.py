@@ -1,4 +1,5 @@
-"""The functions users call: ``map``, ``map_async``, ``get_results``, ``get_errors``, ``cancel``.
+"""The functions users call: ``map``, ``map_async``, ``get_results``, ``get_errors``,
+``cancel`` and ``resubmit``.
 
 Names and arguments follow the original Sheepdog, so its examples run as
 they are; additions are keyword-only.
@@ -13,9 +14,11 @@ from typing import Any
 from sheepdog.errors import TaskErrors, TaskFailure
 from sheepdog.submitter import results
 from sheepdog.submitter.config import Settings
+from sheepdog.submitter.resubmit import resubmit_request
 from sheepdog.submitter.schedulers import job_id_list
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.submit import submit
+from sheepdog.submitter.supervise import cancel_request
 
 Config = Mapping[str, Any] | Settings | None
 
@@ -56,7 +59,8 @@ def map(
     with Session(settings) as session:  # one head-node connection for submit and wait
         request_id = submit(f, items, ns, session)
         outcomes = _wait(request_id, settings.dbfile, session, verbose, timeout)
-    failures = [TaskFailure(o.index, o.args, o.error or "") for o in outcomes if o.status != "ok"]
+    failures = [TaskFailure(o.index, o.args, o.error or "", o.attempt or 0)
+                for o in outcomes if o.status != "ok"]
     if failures and raise_errors:
         raise TaskErrors(request_id, failures)
     if failures and verbose:
@@ -93,39 +97,98 @@ def get_results(
     """``[(args, result), ...]`` of a request, in the order of its ``args``.
 
     With ``block`` it waits until every task has an outcome; without, it
-    returns the tasks that have one so far. A failed task's result is None.
+    returns what has arrived so far, with None for the tasks that have no
+    outcome yet (as the original Sheepdog did). A failed task's result is None.
     """
     with results.open_request(request_id, dbfile or _DEFAULT_DBFILE) as request:
         if block:
             results.wait(request, verbose=verbose, timeout=timeout)
         else:
             results.collect_available(request)
-        return [(o.args, o.value) for o in results.outcomes(request) if o.status is not None]
+        return [(o.args, o.value) for o in results.outcomes(request)]
+
+
+class TaskError(tuple[Any, str]):
+    """``(args, error_text)`` of a failed task, as ``get_errors`` returns it.
+
+    It unpacks and compares as that pair, and also says which task it was
+    and how its attempts went: ``task`` (its 1-based index), ``status``
+    (error or lost), ``attempt`` (of the final outcome) and ``history`` (one
+    line per earlier attempt that was retried).
+    """
+
+    task: int
+    status: str
+    attempt: int
+    history: list[str]
+
+    def __new__(cls, args: Any, error: str, task: int, status: str, attempt: int,
+                history: list[str]) -> TaskError:
+        self = super().__new__(cls, (args, error))
+        self.task, self.status, self.attempt, self.history = task, status, attempt, history
+        return self
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return (self[0], self[1], self.task, self.status, self.attempt, self.history)
+
+
+def _history_line(row: Any) -> str:
+    first = (row["error"] or "").strip().splitlines()
+    where = f" on {row['host']}" if row["host"] else ""
+    return f"attempt {row['attempt']}: {row['status']}{where}: {first[-1] if first else ''}"
 
 
 def get_errors(request_id: int, dbfile: str | None = None) -> list[tuple[Any, str]]:
     """``[(args, error_text), ...]`` for every failed task so far, with remote tracebacks.
 
-    Workers that asked for an index outside the request appear as ``(None, reason)``.
+    Each item is a ``TaskError``: it also carries the task's index, status,
+    attempt number and earlier attempts; a task that took more than one
+    attempt has a last line in its text saying how the earlier ones ended.
+    Workers that asked for an index outside the request, and stream entries
+    whose signature did not check out, appear as ``(None, reason)``.
     """
     with results.open_request(request_id, dbfile or _DEFAULT_DBFILE) as request:
         results.collect_available(request)
-        errors = [
-            (o.args, o.error or "") for o in results.outcomes(request)
-            if o.status in ("error", "lost")
-        ]
+        failed = results.outcomes(request, statuses=("error", "lost"), values=False)
+        history = request.store.history(request_id)
+        errors: list[tuple[Any, str]] = []
+        for o in failed:
+            earlier = [_history_line(row) for row in history.get(o.index, [])]
+            text = o.error or ""
+            if earlier:
+                text = text.rstrip("\n") + "\n[sheepdog: attempt " + str(o.attempt) + \
+                    "; earlier " + "; ".join(earlier) + "]"
+            errors.append(TaskError(o.args, text, o.index, o.status or "", o.attempt or 0,
+                                    earlier))
         return errors + [(None, text) for text in results.incidents(request)]
 
 
 def cancel(request_id: int, dbfile: str | None = None) -> int:
-    """Stop a request: its job is killed, tasks without an outcome are recorded as lost.
+    """Stop a request: its jobs are killed, tasks without an outcome are recorded as lost.
 
     Returns how many tasks were cancelled.
     """
     with results.open_request(request_id, dbfile or _DEFAULT_DBFILE) as request:
         broker = request.connect()
-        cancelled = broker.cancel(request_id, "cancelled by the user")
-        job_ids = job_id_list(request.row.job_ids)
-        request.session.scheduler().cancel(job_ids)
+        cancelled = cancel_request(request, broker, "cancelled by the user")
+        request.session.scheduler().cancel(job_id_list(request.row.job_ids))
         results.collect_available(request)
         return max(cancelled, 0)
+
+
+def resubmit(
+    request_id: int, dbfile: str | None = None, *, failed: bool = True, lost: bool = True,
+    config: Mapping[str, Any] | None = None, verbose: bool = False,
+) -> int:
+    """Run the failed and/or lost tasks of a finished request again; return how many.
+
+    Function, namespace and arguments come from the dbfile, so this works
+    even if the broker has forgotten the request. Tasks that never ran (a
+    cancelled or never fully submitted request) always go. New outcomes
+    replace the old ones in the same request: ``get_results(request_id)``
+    waits for them and then shows the new values; the old ones stay in the
+    history that ``get_errors`` reports. ``config`` changes settings for the
+    new run (e.g. ``{"ge_opts": ["-l mem_grab=8G"], "retries": 2}``).
+    """
+    return resubmit_request(request_id, dbfile or _DEFAULT_DBFILE, failed=failed, lost=lost,
+                            config=config, verbose=verbose)

@@ -8,6 +8,8 @@ come from ``credentials`` on this machine.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from pathlib import Path
 
 from sheepdog.broker import embedded
@@ -36,25 +38,33 @@ def connect_for_submit(session: Session) -> tuple[Broker, str, bytes, str]:
     return broker, location, master, worker_url
 
 
-def reconnect(broker_id: str, location: str, session: Session) -> tuple[Broker, bytes]:
-    """(broker, master key) of a request recorded with ``broker_id`` at ``location``."""
+def reconnect(broker_id: str, location: str, session: Session) -> tuple[Broker, str]:
+    """(broker, URL for the workers) of a request recorded with ``broker_id`` at ``location``.
+
+    The broker may have another id now (its data was lost): the caller checks.
+    """
     known = credentials.lookup(broker_id)
     if known is None:
         raise BrokerError(
             f"this machine has no credentials for broker {broker_id} ({location}); they are"
             f" kept in {paths.credentials_file()} on the machine that submitted the request"
         )
-    url, master = known
+    worker_url, _master = known
     if location.startswith(EMBEDDED):
-        url = embedded.ensure_running(Path(location[len(EMBEDDED):]))
+        url = worker_url = embedded.ensure_running(Path(location[len(EMBEDDED):]))
     else:
-        url = session.reachable_url(url)
+        url = session.reachable_url(worker_url)
     broker = Broker.from_url(url)
     if broker.broker_id != broker_id:
-        broker.close()
-        raise BrokerError(
-            f"the broker at {location} is now broker {broker.broker_id}, not {broker_id}:"
-            " its data was replaced, so outcomes not yet collated are gone. Results already"
-            " in the dbfile can still be read with block=False."
-        )
-    return broker, master
+        credentials.remember(broker.broker_id, worker_url)  # the same place, a new broker
+    return broker, worker_url
+
+
+def worker_login(key: bytes, broker_request: int, token: str) -> tuple[str, str]:
+    """(user, password) of a request's per-request broker user.
+
+    Derived from the request's key, so any process holding the credentials can
+    make the user again after a broker restart (ACL users are not persisted).
+    """
+    password = hmac.new(key, b"worker-password", hashlib.sha256).hexdigest()
+    return f"sheepdog-{broker_request}-{token[:12]}", password

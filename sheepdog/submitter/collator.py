@@ -1,18 +1,21 @@
 """Moving outcomes from the broker's results stream into the SQLite store.
 
 The collator reads with a consumer group named after the store, writes each
-batch in one SQLite transaction (upserts keyed by broker id, request id and
-task index) and acknowledges the batch only after the commit. Killed at any
-moment, it loses nothing: unacknowledged entries are read again on the next
-start, and writing them again changes nothing.
+batch in one SQLite transaction (upserts keyed by request id and task index,
+a later attempt winning) and acknowledges the batch only after the commit.
+Killed at any moment, it loses nothing: unacknowledged entries are read again
+on the next start, and writing them again changes nothing.
+
+Every entry's signature (``codec.outcome_mac``) is checked before anything
+else is done with it. An entry that fails - forged, replayed from another
+task or request, garbled - is kept as a text incident and never unpickled.
 """
 
 from __future__ import annotations
 
 from sheepdog.broker import codec, keys
 from sheepdog.broker.client import Broker, StreamEntry
-from sheepdog.errors import SheepdogError
-from sheepdog.submitter.store import Store, stream_key
+from sheepdog.submitter.store import RequestRow, Store, stream_key
 
 #: Stream entries per SQLite transaction.
 BATCH = 500
@@ -20,33 +23,38 @@ BATCH = 500
 #: One consumer per group: collators of the same store share the pending list.
 CONSUMER = "collator"
 
+Row = dict[str, object]
 
-def _text(fields: dict[str, bytes], name: str) -> str | None:
+
+def _text(fields: dict[str, bytes], name: str) -> str:
     value = fields.get(name)
-    return value.decode("utf-8", errors="replace") if value is not None else None
+    return value.decode("utf-8", errors="replace") if value is not None else ""
 
 
 def _number(fields: dict[str, bytes], name: str) -> float | None:
-    value = fields.get(name)
-    return float(value) if value else None
+    try:
+        return float(fields.get(name) or "")
+    except ValueError:
+        return None
 
 
 class Collator:
-    """Collates one request of one broker into one store."""
+    """Collates one request, from the broker that holds it, into one store."""
 
-    def __init__(self, broker: Broker, store: Store, request_id: int, key: bytes) -> None:
+    def __init__(self, broker: Broker, store: Store, row: RequestRow, key: bytes) -> None:
         self.broker = broker
         self.store = store
-        self.request_id = request_id
+        self.row = row
         self.key = key
+        self.stream = row.broker_request
         self.group = keys.collator_group(store.store_id)
         self._replaying = True  # first re-read what an earlier collator left unacknowledged
-        broker.ensure_group(request_id, self.group)
+        broker.ensure_group(self.stream, self.group)
 
     def step(self, block_ms: int | None = 500) -> int:
         """Collate one batch, waiting up to ``block_ms`` (None: not at all); return its size."""
         entries = self.broker.read_results(
-            self.request_id, self.group, CONSUMER,
+            self.stream, self.group, CONSUMER,
             count=BATCH, block_ms=block_ms, pending=self._replaying,
         )
         if self._replaying and not entries:
@@ -58,42 +66,81 @@ class Collator:
 
     def resync(self) -> None:
         """Write every entry of the stream again, whatever was acknowledged."""
-        entries = self.broker.all_results(self.request_id)
+        entries = self.broker.all_results(self.stream)
         for start in range(0, len(entries), BATCH):
             self._save(entries[start : start + BATCH])
 
     def _save(self, entries: list[StreamEntry]) -> None:
-        results: list[dict[str, object]] = []
-        incidents: list[dict[str, object]] = []
+        finals: list[Row] = []
+        earlier: list[Row] = []
+        incidents: list[Row] = []
+        cancels: list[Row] = []
         for entry_id, fields in entries:
             row = self._row(entry_id, fields)
-            (incidents if fields.get("status") == b"rejected" else results).append(row)
-        self.store.save_outcomes(results, incidents)
-        self.broker.ack(self.request_id, self.group, [entry_id for entry_id, _ in entries])
+            problem = self._problem(entry_id, fields, row)
+            status = row["status"]
+            if problem is not None:
+                incidents.append(self._incident(row, problem))
+            elif status == "cancelled":
+                cancels.append({"request_id": row["request_id"], "reason": row["error"],
+                                "finished": row["finished"], "broker_id": row["broker_id"],
+                                "stream_key": row["stream_key"]})
+            elif status == "rejected":
+                incidents.append(self._incident(row, str(row["error"])))
+            elif _text(fields, "next") == "retry":
+                earlier.append(row)
+            else:
+                finals.append(row)
+        self.store.save_outcomes(finals, earlier, incidents, cancels)
+        self.broker.ack(self.stream, self.group, [entry_id for entry_id, _ in entries])
 
-    def _row(self, entry_id: str, fields: dict[str, bytes]) -> dict[str, object]:
-        status = _text(fields, "status") or "error"
-        error = _text(fields, "error")
-        value = fields.get("payload") or None
-        if status == "ok":
-            try:
-                codec.verify(value or b"", self.key)
-            except SheepdogError as exc:
-                status, value, error = "error", None, f"{type(exc).__name__}: {exc}"
-        index = _text(fields, "index")
+    def _row(self, entry_id: str, fields: dict[str, bytes]) -> Row:
         pid = _text(fields, "pid")
         return {
-            "broker_id": self.broker.broker_id,
-            "request_id": self.request_id,
-            "idx": int(index) if index else None,
-            "status": status,
-            "value": value,
-            "error": error,
-            "host": _text(fields, "host"),
-            "pid": int(pid) if pid else None,
+            "request_id": self.row.request_id,
+            "idx": _whole(_text(fields, "index")),
+            "attempt": _whole(_text(fields, "attempt")),
+            "status": _text(fields, "status"),
+            "cause": _text(fields, "cause") or None,
+            "value": fields.get("payload"),
+            "error": _text(fields, "error") or None,
+            "mac": _text(fields, "mac"),
+            "host": _text(fields, "host") or None,
+            "pid": int(pid) if pid.isdigit() else None,
+            "job": _text(fields, "job") or None,
             "started": _number(fields, "started"),
             "finished": _number(fields, "finished"),
-            "stdout": _text(fields, "stdout"),
-            "stderr": _text(fields, "stderr"),
+            "stdout": _text(fields, "stdout") or None,
+            "stderr": _text(fields, "stderr") or None,
+            "broker_id": self.broker.broker_id,
             "stream_key": stream_key(entry_id),
         }
+
+    def _problem(self, entry_id: str, fields: dict[str, bytes], row: Row) -> str | None:
+        """Why the entry is not an outcome of this request, or None if it is one."""
+        status, idx, attempt = row["status"], row["idx"], row["attempt"]
+        if status not in keys.STATUSES or not isinstance(idx, int) \
+                or not isinstance(attempt, int):
+            return f"stream entry {entry_id} is not a sheepdog outcome (status {status!r})"
+        valid = codec.check_outcome_mac(
+            str(row["mac"]), self.key, self.row.token, idx, attempt, str(status),
+            str(row["cause"] or ""), fields.get("payload", b""), _text(fields, "error"),
+        )
+        if valid:
+            return None
+        return (
+            f"stream entry {entry_id} says task {idx} attempt {attempt} is {status}, but its"
+            " signature does not match this request's key: it was not written by this"
+            " request's workers (forged, or replayed from another task or request), so it"
+            " was ignored and nothing in it was unpickled"
+        )
+
+    @staticmethod
+    def _incident(row: Row, error: str) -> Row:
+        return {"request_id": row["request_id"], "broker_id": row["broker_id"],
+                "stream_key": row["stream_key"], "idx": row["idx"], "error": error,
+                "host": row["host"]}
+
+
+def _whole(text: str) -> int | None:
+    return int(text) if text.isdigit() else None

@@ -89,20 +89,52 @@ class Settings:
         metadata=_doc("reach broker_url through the SSH connection: auto (when it cannot be"
                       " reached directly), always, never"),
     )
+    retries: int = field(
+        default=1,
+        metadata=_doc("times a lost task (worker killed, node lost) is run again, on the same"
+                      " scheduler; 0: never"),
+    )
+    retry_errors: bool = field(
+        default=False,
+        metadata=_doc("also retry a task whose function raised (normally final: it would"
+                      " raise again)"),
+    )
+    retry_memory_factor: float | None = field(
+        default=None,
+        metadata=_doc("retry a task that went over its mem_grab limit with the limit times"
+                      " this (e.g. 2.0); None: do not"),
+    )
+    heartbeat_interval: float = field(
+        default=10.0, metadata=_doc("seconds between the heartbeats of a running task")
+    )
+    lease_timeout: float = field(
+        default=60.0,
+        metadata=_doc("seconds without a heartbeat after which a running task is declared"
+                      " lost (at least twice heartbeat_interval)"),
+    )
+    broker_patience: float = field(
+        default=120.0,
+        metadata=_doc("seconds a worker keeps retrying a broker that is down or loading"
+                      " before its task is given up as lost"),
+    )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Settings | None) -> Settings:
         if isinstance(config, Settings):
             return config
         config = dict(config or {})
-        _refuse_unknown(config)
-        values = {name: _coerce(name, value) for name, value in config.items()}
+        refuse_unknown(config)
+        values = {name: coerce(name, value) for name, value in config.items()}
         settings = cls(**values)
         settings.check()
         return settings
 
-    def check(self) -> None:
-        """Raise ConfigError for values that are wrong together."""
+    def check(self, *, need_broker_url: bool = True) -> None:
+        """Raise ConfigError for values that are wrong together.
+
+        ``need_broker_url`` is False for settings read back from a dbfile,
+        which keeps no broker_url (the password is in credentials.json).
+        """
         if self.broker_url is not None:
             try:
                 check_url(self.broker_url)
@@ -111,7 +143,7 @@ class Settings:
         name = self.scheduler_name
         if name not in SCHEDULERS:
             raise ConfigError(f"scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
-        if name == "gridengine" and self.broker_url is None:
+        if name == "gridengine" and self.broker_url is None and need_broker_url:
             raise ConfigError(
                 "Grid Engine workers need a broker they can reach: set 'broker_url' to a"
                 " Redis/Valkey server on the head node or a service node, e.g."
@@ -123,6 +155,17 @@ class Settings:
             raise ConfigError(
                 f"host {self.host!r} is set but scheduler is 'local', which runs on this"
                 " machine; remove 'host' or choose a cluster scheduler"
+            )
+        if self.lease_timeout < 2 * self.heartbeat_interval:
+            raise ConfigError(
+                f"lease_timeout ({self.lease_timeout:g} s) must be at least twice"
+                f" heartbeat_interval ({self.heartbeat_interval:g} s), or a task that is"
+                " merely slow to send a heartbeat would be declared lost"
+            )
+        if self.retry_memory_factor is not None and self.retry_memory_factor <= 1:
+            raise ConfigError(
+                f"retry_memory_factor must be more than 1 (e.g. 2.0), got"
+                f" {self.retry_memory_factor!r}"
             )
 
     @property
@@ -164,7 +207,7 @@ def describe() -> str:
     return "\n".join(lines)
 
 
-def _refuse_unknown(config: Mapping[str, Any]) -> None:
+def refuse_unknown(config: Mapping[str, Any]) -> None:
     known = {f.name for f in fields(Settings)}
     for key in config:
         if key in RETIRED_KEYS:
@@ -182,25 +225,51 @@ def _refuse_unknown(config: Mapping[str, Any]) -> None:
     )
 
 
-def _coerce(name: str, value: Any) -> Any:
+#: Keys that take a number of seconds (more than 0).
+_SECONDS = ("heartbeat_interval", "lease_timeout", "broker_patience")
+
+
+def coerce(name: str, value: Any) -> Any:
     """``value`` as the type of key ``name``, or a ConfigError saying what was expected."""
     if name == "ge_opts":
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(
-                "ge_opts must be a list of strings, one per option, e.g."
-                f" ['-l h_rt=1:00:00', '-r y']; got {value!r}"
-            )
-        return tuple(value)
-    if name == "ship_worker":
+        return _options(value)
+    if name in ("ship_worker", "retry_errors"):
         if not isinstance(value, bool):
-            raise ConfigError(f"ship_worker must be True or False, got {value!r}")
+            raise ConfigError(f"{name} must be True or False, got {value!r}")
         return value
-    if name in ("ssh_port", "local_workers"):
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
-        return value
+    if name in ("ssh_port", "local_workers", "retries"):
+        return _whole(name, value)
+    if name in _SECONDS or name == "retry_memory_factor":
+        return _seconds(name, value)
     if value is not None and not isinstance(value, (str, os.PathLike)):
         raise ConfigError(f"{name} must be a string, got {type(value).__name__} {value!r}")
     return os.fspath(value) if value is not None else None
+
+
+def _options(value: Any) -> tuple[str, ...]:
+    if value is None:  # the original Sheepdog's default
+        return ()
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            "ge_opts must be a list of strings, one per option, e.g."
+            f" ['-l h_rt=1:00:00', '-r y']; got {value!r}"
+        )
+    return tuple(value)
+
+
+def _whole(name: str, value: Any) -> int | None:
+    if value is None and name != "retries":
+        return None
+    lowest = 0 if name == "retries" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        what = "a whole number, 0 or more" if lowest == 0 else "a positive whole number"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def _seconds(name: str, value: Any) -> float | None:
+    if value is None and name == "retry_memory_factor":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{name} must be a number more than 0, got {value!r}")
+    return float(value)

@@ -7,8 +7,13 @@ payload signatures lives in ``credentials.json`` under ``paths.home()``, mode
 
     {"brokers": {"<broker id>": {"url": "redis://:pw@host:6379/0", "key": "<hex>"}}}
 
-Each request signs its payloads with its own key, derived from the broker's
-master key, so a worker never holds a key that opens another request.
+Each request signs its payloads with its own key, derived from its token and
+the master key of the broker it was first submitted to (its *origin*), so a
+worker never holds a key that opens another request, and the key stays the
+same when the request is pushed again to another broker.
+
+The file is rewritten atomically (a private temp file renamed over it) under a
+lock on a separate lock file: a crash mid-write leaves the old file whole.
 """
 
 from __future__ import annotations
@@ -29,18 +34,32 @@ from sheepdog.submitter import paths
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[dict[str, Any]]:
-    """The file's contents, rewritten (0600) when the block ends."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "r+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        text = f.read()
+    """The file's contents; written back atomically (0600) if the block changed them."""
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else ""
         data: dict[str, Any] = json.loads(text) if text.strip() else {"brokers": {}}
         before = json.dumps(data, sort_keys=True)
         yield data
         if json.dumps(data, sort_keys=True) != before:
-            f.seek(0)
-            f.truncate()
-            json.dump(data, f, indent=1, sort_keys=True)
+            _write_atomically(path, json.dumps(data, indent=1, sort_keys=True))
+    finally:
+        os.close(lock_fd)  # closing releases the lock
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def remember(broker_id: str, url: str) -> bytes:
@@ -61,5 +80,11 @@ def lookup(broker_id: str) -> tuple[str, bytes] | None:
         return entry["url"], bytes.fromhex(entry["key"])
 
 
-def request_key(master: bytes, request_id: int) -> bytes:
-    return hmac.new(master, f"request:{request_id}".encode(), hashlib.sha256).digest()
+def request_key(master: bytes, token: str) -> bytes:
+    return hmac.new(master, f"request:{token}".encode(), hashlib.sha256).digest()
+
+
+def key_for(origin: str, token: str) -> bytes | None:
+    """The key of the request ``token`` first submitted to broker ``origin``, if known here."""
+    known = lookup(origin)
+    return None if known is None else request_key(known[1], token)

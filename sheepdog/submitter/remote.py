@@ -2,7 +2,9 @@
 
 ``Remote`` is what a cluster scheduler adapter needs of the head node. Every
 command's exit status and stderr are checked by ``check``; nothing is run and
-forgotten.
+forgotten. A connection that breaks (the laptop slept, the network dropped)
+raises ``RemoteUnavailable``: the caller cannot tell anything from it, and the
+session connects again for the next command.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from typing import Protocol
 
 import paramiko
 
-from sheepdog.errors import RemoteCommandError
+from sheepdog.errors import RemoteCommandError, SSHError
 from sheepdog.submitter import ssh
 
 #: Seconds a head-node command may take (qsub, qstat, qdel are quick).
 COMMAND_TIMEOUT = 120.0
+
+
+class RemoteUnavailable(SSHError):
+    """The head node could not be asked (connection lost or timed out): nothing is known."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class Remote(Protocol):
     def exists(self, path: str) -> bool: ...
 
     def remove(self, path: str) -> None: ...
+
+    def list(self, directory: str) -> list[str]:
+        """File names in ``directory``; empty if it does not exist."""
 
     def home(self) -> str: ...
 
@@ -68,10 +77,13 @@ class LocalRemote:
     where = "this machine"
 
     def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Completed:
-        proc = subprocess.run(
-            ["/bin/sh", "-c", command], capture_output=True, text=True, timeout=timeout,
-            check=False, stdin=subprocess.DEVNULL,
-        )
+        try:
+            proc = subprocess.run(
+                ["/bin/sh", "-c", command], capture_output=True, text=True, timeout=timeout,
+                check=False, stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RemoteUnavailable(f"`{command}` took more than {timeout:g} s") from exc
         return Completed(command, proc.returncode, proc.stdout, proc.stderr)
 
     def put(self, path: str, data: bytes, mode: int) -> None:
@@ -88,6 +100,12 @@ class LocalRemote:
 
     def remove(self, path: str) -> None:
         Path(path).unlink(missing_ok=True)
+
+    def list(self, directory: str) -> list[str]:
+        try:
+            return sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
 
     def home(self) -> str:
         return str(Path.home())
@@ -106,6 +124,7 @@ class SSHRemote:
         self._close = close
         self.where = f"{target.user}@{target.alias}"
         self._sftp: paramiko.SFTPClient | None = None
+        self.broken = False
 
     @classmethod
     def connect(cls, target: ssh.Target) -> SSHRemote:
@@ -119,10 +138,18 @@ class SSHRemote:
         return self._sftp
 
     def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Completed:
-        _stdin, stdout, stderr = self.client.exec_command(command, timeout=timeout)
-        out = stdout.read().decode(errors="replace")
-        err = stderr.read().decode(errors="replace")
-        return Completed(command, stdout.channel.recv_exit_status(), out, err)
+        try:
+            _stdin, stdout, stderr = self.client.exec_command(command, timeout=timeout)
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+            status = stdout.channel.recv_exit_status()
+        except (paramiko.SSHException, EOFError, OSError) as exc:  # socket.timeout included
+            self.broken = True
+            raise RemoteUnavailable(
+                f"lost the SSH connection to {self.where} running `{command}`:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+        return Completed(command, status, out, err)
 
     def _mkdirs(self, directory: str) -> None:
         missing = []
@@ -151,10 +178,21 @@ class SSHRemote:
         with contextlib.suppress(FileNotFoundError):
             self.sftp.remove(path)
 
+    def list(self, directory: str) -> list[str]:
+        try:
+            return sorted(self.sftp.listdir(directory))
+        except FileNotFoundError:
+            return []
+
     def home(self) -> str:
         return self.sftp.normalize(".")
 
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return not self.broken and transport is not None and transport.is_active()
+
     def close(self) -> None:
         if self._sftp is not None:
-            self._sftp.close()
+            with contextlib.suppress(Exception):
+                self._sftp.close()
         self._close()

@@ -1,41 +1,51 @@
 """Reading a request back: waiting for its outcomes, collating them, decoding them.
 
-``wait`` never waits without a reason: it stops when every task has an
-outcome, when the request is cancelled or gone from the broker, when its job
-is known to have died (its remaining tasks are then recorded as lost), or
-when the caller's timeout runs out.
+``wait`` never waits without a reason, and never gives up without evidence:
+it stops when every task has an outcome, when the request is cancelled, when
+it was never fully submitted (its submitter died), or when the caller's
+timeout runs out. Meanwhile ``supervise.Watch`` keeps the request going
+through lost tasks, retries, a broker that lost it, and outages - which it
+reports, and waits out.
+
+Decoding checks signatures: a pickled argument or result is unpickled only
+after its signature is checked with the request's key (from credentials.json);
+plain values (msgpack) need no key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
+import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
 
-from sheepdog.broker import codec
-from sheepdog.broker.client import Broker
-from sheepdog.errors import BrokerError, RequestFailed, ResultsTimeout, SerialisationError
-from sheepdog.submitter import credentials
-from sheepdog.submitter.brokers import reconnect
+from sheepdog.broker import codec, keys
+from sheepdog.errors import (
+    IntegrityError,
+    RequestFailed,
+    ResultsTimeout,
+    SerialisationError,
+    SheepdogError,
+)
 from sheepdog.submitter.collator import Collator
-from sheepdog.submitter.config import Settings
-from sheepdog.submitter.schedulers import JobState, Scheduler, job_id_list
-from sheepdog.submitter.session import Session
-from sheepdog.submitter.store import RequestRow, Store, TaskRow
+from sheepdog.submitter.request import FINAL, OpenRequest, job_name, open_request
+from sheepdog.submitter.schedulers import job_id_list
+from sheepdog.submitter.schedulers.local import process_start
+from sheepdog.submitter.store import TaskRow
+from sheepdog.submitter.supervise import (
+    BROKER_DOWN,
+    LIVENESS_INTERVAL,
+    Watch,
+    say_on_stderr,
+)
 
-#: Seconds the broker keeps a request once every outcome is in the dbfile.
-RESULT_TTL = 7 * 24 * 3600
-
-#: Request statuses after which nothing more will arrive.
-FINAL = ("done", "cancelled")
-
-#: Seconds between checks that the request's job is still alive.
-LIVENESS_INTERVAL = 2.0
+__all__ = ["Outcome", "collect_available", "open_request", "outcomes", "wait"]
 
 #: Seconds without any outcome after which a verbose wait says why the job waits.
 WAITING_HINT_AFTER = 30.0
@@ -50,139 +60,102 @@ class Outcome:
     status: str | None  # ok | error | lost, or None while it has no outcome
     value: Any
     error: str | None
-
-
-@dataclass
-class OpenRequest:
-    store: Store
-    row: RequestRow
-    session: Session
-    broker: Broker | None = None
-    key: bytes | None = None
-
-    def connect(self) -> Broker:
-        if self.broker is None:
-            self.broker, master = reconnect(self.row.broker_id, self.row.location, self.session)
-            self.key = credentials.request_key(master, self.row.request_id)
-        return self.broker
-
-    def collator(self) -> Collator:
-        broker = self.connect()
-        assert self.key is not None
-        return Collator(broker, self.store, self.row.request_id, self.key)
-
-    def done(self) -> int:
-        return sum(self.store.counts(self.row.broker_id, self.row.request_id).values())
-
-
-@contextlib.contextmanager
-def open_request(
-    request_id: int, dbfile: str, session: Session | None = None
-) -> Iterator[OpenRequest]:
-    """The request in ``dbfile``; its broker and head node are connected on first use.
-
-    Without a ``session``, one is made from the settings the dbfile kept, and
-    closed at the end.
-    """
-    with Store(dbfile) as store:
-        row = store.request(request_id)
-        owned = session is None
-        active = Session(Settings.from_public(row.settings)) if session is None else session
-        request = OpenRequest(store, row, active)
-        try:
-            yield request
-        finally:
-            if request.broker is not None:
-                request.broker.close()
-            if owned:
-                active.close()
+    attempt: int | None = None
 
 
 def collect_available(request: OpenRequest) -> None:
     """Move whatever outcomes the broker holds now into the dbfile."""
-    if request.done() >= request.row.n_tasks:
+    if request.done() >= request.row.n_tasks or request.row.status == "incomplete":
         return
     try:
         collator = request.collator()
-    except BrokerError as exc:
+        while collator.step(block_ms=None):
+            pass
+    except BROKER_DOWN as exc:
         print(f"sheepdog: {exc}; showing what the dbfile holds", file=sys.stderr)
-        return
-    while collator.step(block_ms=None):
-        pass
 
 
-def _check_alive(request: OpenRequest) -> JobState | None:
-    """Raise RequestFailed, or record lost tasks, if the request cannot progress."""
-    broker = request.connect()
-    rid = request.row.request_id
-    meta = broker.meta(rid)
-    if not meta:
-        raise RequestFailed(
-            f"request {rid} is no longer on the broker (expired or deleted); the outcomes"
-            f" already collected can be read with get_results({rid}, block=False)"
-        )
-    if meta.get("status") in FINAL and request.done() < request.row.n_tasks:
-        _resync(request)
+def _submitter_gone(submitter: str) -> bool | None:
+    """Whether the process that submitted is known dead (None: cannot tell from here)."""
+    parts = submitter.split()
+    if len(parts) != 3 or parts[0] != socket.gethostname() or parts[2] == "-":
         return None
-    if meta.get("status") != "queued":
-        return None
-    job_ids = job_id_list(meta.get("job_ids", ""))
-    scheduler = request.session.scheduler()
-    state = scheduler.state(job_ids)
-    if state.problem:
-        scheduler.cancel(job_ids)
-        broker.cancel(rid, f"{state.problem}; sheepdog deleted the job")
-    elif state.alive is False:
-        _job_ended(request, broker, scheduler, job_ids)
-    return state
+    return process_start(int(parts[1])) != parts[2]
 
 
-def _job_ended(request: OpenRequest, broker: Broker, scheduler: Scheduler,
-               job_ids: list[str]) -> None:
-    """The job is gone with tasks left: cancelled, or those tasks died.
+def settle_submission(request: OpenRequest, timeout: float | None) -> None:
+    """A request still 'submitting' in the dbfile: finished, still going, or abandoned.
 
-    Tasks that never started (no lease) mean the job was deleted: the request
-    is cancelled. If every one had started, they died running (killed, out of
-    memory, node lost): they are lost and the request is over, like a local
-    task whose worker was killed.
+    Returns once it is submitted, or 'incomplete' (its submitter died: its job,
+    job files and broker keys are then gone).
     """
-    rid = request.row.request_id
-    pending = broker.pending_indices(rid)
-    if not pending:
-        return
-    deleted = any(i not in broker.leases(rid) for i in pending)
-    job = f"the {request.row.scheduler} job {','.join(job_ids)}"
-    if deleted:
-        reason = (f"{job} ended before every task had started: it was deleted (e.g. with"
-                  " qdel) or killed")
-    else:
-        reason = f"{job} ended, but this task died before it had an outcome"
-    said = scheduler.last_words(request.session.settings, job_name(request.row), job_ids,
-                                pending[0])
-    if said:
-        reason += f"; the scheduler's record of task {pending[0]}:\n{said}"
-    broker.cancel(rid, reason, status="cancelled" if deleted else "done")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while request.row.status == "submitting":
+        broker = request.connect()
+        meta = broker.meta(request.row.broker_request)
+        if meta.get("token") == request.row.token and meta.get("status") != "submitting":
+            request.update(status="submitted")  # it died after the job was queued: all is well
+            return
+        gone = _submitter_gone(request.row.submitter)
+        if meta.get("token") != request.row.token or gone:
+            _abandon(request)
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ResultsTimeout(request.request_id, 0, request.row.n_tasks, timeout or 0.0)
+        time.sleep(LIVENESS_INTERVAL)  # its submitter is still pushing
+        request.reload()
 
 
-def job_name(row: RequestRow) -> str:
-    return f"{row.broker_id[:8]}-{row.request_id}"
+def _abandon(request: OpenRequest) -> None:
+    """Clean up after a submitter that died mid-submit, and say so."""
+    row = request.row
+    session = request.session
+    with contextlib.suppress(Exception):  # whatever of it exists: none of it will be used
+        scheduler = session.scheduler()
+        scheduler.cancel(job_id_list(row.job_ids))
+        scheduler.forget(session.settings, job_name(row))
+    with contextlib.suppress(*BROKER_DOWN):
+        request.connect().delete_request(row.broker_request)
+    request.update(status="incomplete")
+
+
+def incomplete(request: OpenRequest) -> RequestFailed:
+    rid = request.request_id
+    stored = len(request.store.tasks(rid))
+    where = request.row.submitter.split()
+    who = f" ({where[0]} pid {where[1]})" if len(where) == 3 else ""
+    offer = (f"sheepdog.resubmit({rid}) (or `sheepdog resubmit {rid}`) runs its tasks"
+             if stored == request.row.n_tasks else
+             f"the dbfile holds only {stored} of its {request.row.n_tasks} arguments, so it"
+             " cannot be resubmitted: submit it again with map")
+    return RequestFailed(
+        f"request {rid} was never fully submitted: its submitter{who} stopped before its job"
+        f" was queued, so none of its tasks runs. {offer}."
+    )
 
 
 def _finalise(request: OpenRequest) -> str:
     """The request's final status, kept in the dbfile once known.
 
     The first time, it is read from the broker, which is then told to expire
-    the request: every outcome is in the dbfile.
+    the request (every outcome is in the dbfile), its worker user is deleted
+    and its job files removed.
     """
     if request.row.status in FINAL:
         return request.row.status
     broker = request.connect()
-    status = broker.meta(request.row.request_id).get("status", "")
+    meta = broker.meta(request.row.broker_request)
+    status = meta.get("status", "")
     if status in FINAL:
-        request.store.set_status(request.row.broker_id, request.row.request_id, status)
-        broker.expire_request(request.row.request_id, RESULT_TTL)
+        request.update(status=status)
+        broker.expire_request(request.row.broker_request, keys.RESULT_TTL)
+        if meta.get("worker_user"):
+            with contextlib.suppress(*BROKER_DOWN):
+                broker.delete_worker_user(meta["worker_user"])
         if request.row.n_tasks:
-            request.session.scheduler().forget(request.session.settings, job_name(request.row))
+            with contextlib.suppress(SheepdogError, OSError):
+                session = request.session
+                session.scheduler().forget(session.settings, job_name(request.row))
     return status
 
 
@@ -191,33 +164,38 @@ def _resync(request: OpenRequest) -> None:
     request.collator().resync()
     done, total = request.done(), request.row.n_tasks
     if done < total:
-        rid = request.row.request_id
+        rid = request.request_id
+        status = request.connect().meta(request.row.broker_request).get("status")
         raise RequestFailed(
-            f"request {rid}: the broker says it is {request.connect().meta(rid).get('status')},"
-            f" but only {done} of {total} outcomes are in its results stream; the others"
-            f" were lost from the broker. get_results({rid}, block=False) returns the rest."
+            f"request {rid}: the broker says it is {status}, but only {done} of {total}"
+            " outcomes are in its results stream; the others were lost from the broker."
+            f" get_results({rid}, block=False) returns the rest, and"
+            f" sheepdog.resubmit({rid}) runs the missing tasks again."
         )
 
 
 def _reason(request: OpenRequest) -> str:
     """Why the request was cancelled, from the broker or the lost tasks in the dbfile."""
-    with contextlib.suppress(BrokerError):
-        reason = request.connect().meta(request.row.request_id).get("reason")
+    with contextlib.suppress(*BROKER_DOWN):
+        reason = request.connect().meta(request.row.broker_request).get("reason")
         if reason:
             return reason
-    lost = [o.error for o in outcomes(request) if o.status == "lost" and o.error]
-    return lost[0] if lost else "no reason recorded"
+    lost = [t.error for t in request.store.tasks(request.request_id, statuses=("lost",))]
+    return next((e for e in lost if e), "no reason recorded")
 
 
 def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
     """Collate until every task has an outcome (see the module docstring)."""
+    if request.row.status == "submitting":
+        settle_submission(request, timeout)
+    if request.row.status == "incomplete":
+        raise incomplete(request)
     total = request.row.n_tasks
-    done = request.done()
-    if done < total:
-        _collate_until_done(request, done, verbose, timeout)
+    if request.done() < total:
+        _collate_until_done(request, verbose, timeout)
     if _finalise(request) == "cancelled":
-        rid = request.row.request_id
-        counts = request.store.counts(request.row.broker_id, rid)
+        rid = request.request_id
+        counts = request.store.counts(rid)
         raise RequestFailed(
             f"request {rid} was cancelled ({_reason(request)}); {counts['ok']} of {total}"
             f" tasks had finished. get_results({rid}, block=False) returns those."
@@ -229,48 +207,134 @@ def _interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
-def _collate_until_done(
-    request: OpenRequest, done: int, verbose: bool, timeout: float | None
-) -> None:
+class _Waiter:
+    """The loop of ``wait``: collate, check now and then, survive outages."""
+
+    def __init__(self, request: OpenRequest, say: Callable[[str], None]) -> None:
+        self.request = request
+        self.watch = Watch(request, say)
+        self._collator: Collator | None = None
+
+    def collator(self) -> Collator:
+        row = self.request.row
+        if self._collator is None or self._collator.stream != row.broker_request \
+                or self._collator.broker is not self.request.connect():
+            self._collator = self.request.collator()
+        return self._collator
+
+    def collate(self) -> None:
+        """One batch, or a pause if the broker or the dbfile cannot be used right now."""
+        try:
+            self.collator().step(block_ms=250)
+        except BROKER_DOWN as exc:
+            self.request.disconnect()
+            self._collator = None
+            self.watch.unreachable("the broker", f"{type(exc).__name__}: {exc}")
+            time.sleep(1.0)
+        except sqlite3.OperationalError as exc:  # locked beyond the busy timeout
+            self.watch.unreachable(f"the dbfile {self.request.store.path}", str(exc))
+            time.sleep(1.0)
+        else:
+            self.watch.reachable(f"the dbfile {self.request.store.path}")
+
+    def finished_on_broker(self) -> bool:
+        """The broker says the request is over, though the dbfile lacks outcomes."""
+        with contextlib.suppress(*BROKER_DOWN):
+            meta = self.request.connect().meta(self.request.row.broker_request)
+            return meta.get("token") == self.request.row.token and meta.get("status") in FINAL
+        return False
+
+
+def _collate_until_done(request: OpenRequest, verbose: bool, timeout: float | None) -> None:
     total = request.row.n_tasks
-    collator = request.collator()
+    done = initial = request.done()
     deadline = None if timeout is None else time.monotonic() + timeout
     next_check = time.monotonic() + LIVENESS_INTERVAL
     hint_at = time.monotonic() + WAITING_HINT_AFTER if verbose else None
-    initial = done
     with tqdm(total=total, initial=done, disable=not (verbose and _interactive()),
-              unit="task", desc=f"request {request.row.request_id}", file=sys.stderr) as bar:
+              unit="task", desc=f"request {request.request_id}", file=sys.stderr) as bar:
+        waiter = _Waiter(request, bar.write if verbose else say_on_stderr)
         while done < total:
-            collator.step(block_ms=250)
+            waiter.collate()
             now_done = request.done()
             bar.update(now_done - done)
             done = now_done
             if done >= total:
                 break
             if time.monotonic() >= next_check:
-                state = _check_alive(request)
+                if waiter.finished_on_broker():
+                    _resync(request)
+                    break
+                state = waiter.watch.check()
                 next_check = time.monotonic() + LIVENESS_INTERVAL
                 if hint_at and time.monotonic() >= hint_at and done == initial and state \
                         and state.waiting:
                     bar.write(f"sheepdog: nothing has run yet. {state.waiting}", file=sys.stderr)
                     hint_at = None
             if deadline is not None and time.monotonic() >= deadline:
-                raise ResultsTimeout(request.row.request_id, done, total, timeout or 0.0)
+                raise ResultsTimeout(request.request_id, done, total, timeout or 0.0)
 
 
-def _decode(row: TaskRow, request_id: int) -> Outcome:
+# -- decoding ------------------------------------------------------------------
+
+
+def _key_or_none(request: OpenRequest) -> bytes | None:
     try:
-        args = codec.decode_trusted(row.args)
-        value = codec.decode_trusted(row.value) if row.value is not None else None
-    except SerialisationError as exc:
-        raise SerialisationError(f"request {request_id}, task {row.idx}: {exc}") from exc
-    return Outcome(row.idx, args, row.status, value, row.error)
+        return request.key
+    except SheepdogError:
+        return None
 
 
-def outcomes(request: OpenRequest) -> list[Outcome]:
-    rows = request.store.tasks(request.row.broker_id, request.row.request_id)
-    return [_decode(row, request.row.request_id) for row in rows]
+def _decode_args(data: bytes, key: bytes | None, index: int) -> Any:
+    if key is None:
+        if codec.is_plain(data):
+            return codec.decode_checked(data)
+        raise SerialisationError(_no_key(index))
+    return codec.decode(data, key, codec.args_context(index))
+
+
+def _decode_value(row: TaskRow, key: bytes | None, token: str) -> Any:
+    if row.value is None:
+        return None
+    if key is None:
+        if codec.is_plain(row.value):
+            return codec.decode_checked(row.value)
+        raise SerialisationError(_no_key(row.idx))
+    valid = codec.check_outcome_mac(row.mac or "", key, token, row.idx, row.attempt or 0,
+                                    row.status or "", row.cause or "", row.value,
+                                    row.error or "")
+    if not valid:
+        raise IntegrityError(
+            f"the result of task {row.idx} in the dbfile does not carry this request's"
+            " signature (the dbfile was changed by someone else); it is not unpickled"
+        )
+    return codec.decode_checked(row.value)
+
+
+def _no_key(index: int) -> str:
+    return (f"task {index} holds a pickled value, and this machine has no key to check its"
+            " signature (credentials.json of the machine that submitted the request); it is"
+            " not unpickled")
+
+
+def outcomes(request: OpenRequest, *, statuses: tuple[str, ...] | None = None,
+             values: bool = True) -> list[Outcome]:
+    """Tasks in order (those with an outcome in ``statuses``, if given), decoded."""
+    key = _key_or_none(request)
+    found = []
+    for row in request.store.tasks(request.request_id, statuses=statuses):
+        try:
+            args = _decode_args(row.args, key, row.idx)
+            value = _decode_value(row, key, request.row.token) if values else None
+        except SerialisationError as exc:
+            raise SerialisationError(f"request {request.request_id}, task {row.idx}: {exc}"
+                                     ) from exc
+        except IntegrityError as exc:
+            raise IntegrityError(f"request {request.request_id}: {exc}") from exc
+        found.append(Outcome(row.idx, args, row.status, value, row.error, row.attempt))
+    return found
 
 
 def incidents(request: OpenRequest) -> list[str]:
-    return request.store.incidents(request.row.broker_id, request.row.request_id)
+    return request.store.incidents(request.request_id)
+

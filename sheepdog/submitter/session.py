@@ -23,6 +23,7 @@ class Session:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._remote: Remote | None = None
+        self._scheduler: Scheduler | None = None
         self._tunnels: list[ssh.Tunnel] = []
 
     def __enter__(self) -> Session:
@@ -33,7 +34,13 @@ class Session:
 
     @property
     def remote(self) -> Remote:
-        """The head node: over SSH when 'host' is set, else this machine."""
+        """The head node: over SSH when 'host' is set, else this machine.
+
+        A connection that broke is replaced by a new one (and the broker
+        tunnels through it with it).
+        """
+        if isinstance(self._remote, SSHRemote) and not self._remote.alive():
+            self.close()
         if self._remote is None:
             s = self.settings
             if s.host is None:
@@ -45,9 +52,13 @@ class Session:
         return self._remote
 
     def scheduler(self) -> Scheduler:
-        if self.settings.scheduler_name == "local":
-            return LocalScheduler()
-        return GridEngine(self.remote)
+        """The scheduler adapter, one per session (it keeps what it learnt, e.g. uploads)."""
+        if self._scheduler is None:
+            if self.settings.scheduler_name == "local":
+                self._scheduler = LocalScheduler()
+            else:
+                self._scheduler = GridEngine(lambda: self.remote)
+        return self._scheduler
 
     def reachable_url(self, url: str) -> str:
         """``url``, or the same broker through an SSH tunnel when it must be."""

@@ -1,21 +1,41 @@
 """The SQLite store (the dbfile): requests, their tasks and their outcomes.
 
 It keeps the function and every argument as well as the results, so a request
-can be read - and pushed again - after its broker is gone. WAL mode: many
-processes read while one writes. New files are created mode 0600.
+can be read - and pushed again, to the same broker or another - after its
+broker is gone. WAL mode: many processes read while one writes; opening a
+dbfile to read takes no lock, so ``sheepdog ls`` works while a collator
+writes. New files are created mode 0600.
 
-Schema (version 1)::
+Schema (version 2)::
 
-    store     (key PK, value)                           store_id (uuid), schema
-    brokers   (broker_id PK, location)                  location: 'embedded:<dir>' or a
-                                                        password-free URL
-    requests  (broker_id, request_id) PK, function, n_tasks, func, scheduler,
-              job_ids, created, status (submitted, then the broker's final status:
-              done | cancelled), settings (the config as JSON, without broker_url)
-    tasks     (broker_id, request_id, idx) PK, args      args: codec envelope of the item
-    results   (broker_id, request_id, idx) PK, status, value, error, host, pid,
-              started, finished, stdout, stderr, stream_key
-    incidents (broker_id, request_id, stream_key) PK, idx, error, host
+    store     (key PK, value)              store_id (uuid), schema
+    brokers   (broker_id PK, location)     location: 'embedded:<dir>' or a
+                                           password-free URL
+    requests  request_id PK                the id users see: unique in the dbfile,
+                                           whatever brokers it mixes
+              token UNIQUE                 names the request on brokers and in
+                                           every signature
+              origin                       broker whose master key signs it
+              broker_id, broker_request    where it lives now (after a broker
+                                           was lost, another broker or id)
+              function, n_tasks, func, scheduler, job_ids, created,
+              status                       submitting | submitted | done | cancelled |
+                                           incomplete (its submitter died mid-submit)
+              settings                     the config as JSON, without broker_url
+              submitter                    'host pid start' of the submitting process
+    tasks     (request_id, idx) PK, args, first
+                                           args: codec envelope of the item; first:
+                                           the first attempt of the latest submission
+                                           (outcomes of earlier attempts are history)
+    results   (request_id, idx) PK         the task's final outcome: attempt, status
+              (ok | error | lost), cause, value, error, mac, host, pid, job,
+              started, finished, stdout, stderr, broker_id, stream_key
+    attempts  (request_id, idx, attempt) PK
+                                           earlier attempts: lost or failed and retried,
+                                           or replaced by a resubmit
+    incidents (request_id, broker_id, stream_key) PK, idx, error, host
+                                           stream entries that are not outcomes: a worker
+                                           with a wrong index, a forged or garbled entry
 """
 
 from __future__ import annotations
@@ -25,15 +45,19 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from sheepdog.errors import RequestNotFound, SheepdogError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 #: Seconds a writer waits for another writer's lock (the original used 30 s too).
 BUSY_TIMEOUT = 30.0
+
+#: Rows per INSERT batch when a request's tasks are stored.
+INSERT_BATCH = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,68 +66,121 @@ CREATE TABLE IF NOT EXISTS brokers (
     location  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS requests (
-    broker_id  TEXT NOT NULL REFERENCES brokers(broker_id),
-    request_id INTEGER NOT NULL,
-    function   TEXT NOT NULL,
-    n_tasks    INTEGER NOT NULL,
-    func       BLOB NOT NULL,
-    scheduler  TEXT NOT NULL,
-    job_ids    TEXT NOT NULL DEFAULT '',
-    created    REAL NOT NULL,
-    status     TEXT NOT NULL DEFAULT 'submitted',
-    settings   TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (broker_id, request_id)
+    request_id     INTEGER PRIMARY KEY,
+    token          TEXT NOT NULL UNIQUE,
+    origin         TEXT NOT NULL,
+    broker_id      TEXT NOT NULL REFERENCES brokers(broker_id),
+    broker_request INTEGER NOT NULL,
+    function       TEXT NOT NULL,
+    n_tasks        INTEGER NOT NULL,
+    func           BLOB NOT NULL,
+    scheduler      TEXT NOT NULL,
+    job_ids        TEXT NOT NULL DEFAULT '',
+    created        REAL NOT NULL,
+    status         TEXT NOT NULL DEFAULT 'submitting',
+    settings       TEXT NOT NULL DEFAULT '{}',
+    submitter      TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS tasks (
-    broker_id  TEXT NOT NULL,
     request_id INTEGER NOT NULL,
     idx        INTEGER NOT NULL,
     args       BLOB NOT NULL,
-    PRIMARY KEY (broker_id, request_id, idx)
+    first      INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (request_id, idx)
 );
 CREATE TABLE IF NOT EXISTS results (
-    broker_id  TEXT NOT NULL,
     request_id INTEGER NOT NULL,
     idx        INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,
     status     TEXT NOT NULL CHECK (status IN ('ok', 'error', 'lost')),
+    cause      TEXT,
     value      BLOB,
     error      TEXT,
+    mac        TEXT,
     host       TEXT,
     pid        INTEGER,
+    job        TEXT,
     started    REAL,
     finished   REAL,
     stdout     TEXT,
     stderr     TEXT,
-    stream_key INTEGER NOT NULL,
-    PRIMARY KEY (broker_id, request_id, idx)
+    broker_id  TEXT,
+    stream_key INTEGER,
+    PRIMARY KEY (request_id, idx)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    request_id INTEGER NOT NULL,
+    idx        INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,
+    status     TEXT NOT NULL,
+    cause      TEXT,
+    error      TEXT,
+    host       TEXT,
+    pid        INTEGER,
+    job        TEXT,
+    started    REAL,
+    finished   REAL,
+    stdout     TEXT,
+    stderr     TEXT,
+    PRIMARY KEY (request_id, idx, attempt)
 );
 CREATE TABLE IF NOT EXISTS incidents (
-    broker_id  TEXT NOT NULL,
     request_id INTEGER NOT NULL,
+    broker_id  TEXT NOT NULL,
     stream_key INTEGER NOT NULL,
     idx        INTEGER,
     error      TEXT NOT NULL,
     host       TEXT,
-    PRIMARY KEY (broker_id, request_id, stream_key)
+    PRIMARY KEY (request_id, broker_id, stream_key)
 );
 """
 
+#: A final outcome: kept unless it belongs to an attempt before the task's
+#: latest submission, and only over an outcome of an earlier attempt.
 _UPSERT_RESULT = """
-INSERT INTO results (broker_id, request_id, idx, status, value, error, host, pid,
-                     started, finished, stdout, stderr, stream_key)
-VALUES (:broker_id, :request_id, :idx, :status, :value, :error, :host, :pid,
-        :started, :finished, :stdout, :stderr, :stream_key)
-ON CONFLICT (broker_id, request_id, idx) DO UPDATE SET
-    status = excluded.status, value = excluded.value, error = excluded.error,
-    host = excluded.host, pid = excluded.pid, started = excluded.started,
-    finished = excluded.finished, stdout = excluded.stdout, stderr = excluded.stderr,
-    stream_key = excluded.stream_key
-WHERE excluded.stream_key > results.stream_key
+INSERT INTO results (request_id, idx, attempt, status, cause, value, error, mac, host, pid,
+                     job, started, finished, stdout, stderr, broker_id, stream_key)
+SELECT :request_id, :idx, :attempt, :status, :cause, :value, :error, :mac, :host, :pid,
+       :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key
+WHERE :attempt >= coalesce(
+    (SELECT first FROM tasks WHERE request_id = :request_id AND idx = :idx), 1)
+ON CONFLICT (request_id, idx) DO UPDATE SET
+    attempt = excluded.attempt, status = excluded.status, cause = excluded.cause,
+    value = excluded.value, error = excluded.error, mac = excluded.mac,
+    host = excluded.host, pid = excluded.pid, job = excluded.job,
+    started = excluded.started, finished = excluded.finished, stdout = excluded.stdout,
+    stderr = excluded.stderr, broker_id = excluded.broker_id, stream_key = excluded.stream_key
+WHERE excluded.attempt > results.attempt
+"""
+
+_INSERT_ATTEMPT = """
+INSERT OR IGNORE INTO attempts (request_id, idx, attempt, status, cause, error, host, pid,
+                                job, started, finished, stdout, stderr)
+VALUES (:request_id, :idx, :attempt, :status, :cause, :error, :host, :pid,
+        :job, :started, :finished, :stdout, :stderr)
+"""
+
+#: A final outcome of an attempt before the task's latest submission: history.
+_INSERT_EARLIER_FINAL = """
+INSERT OR IGNORE INTO attempts (request_id, idx, attempt, status, cause, error, host, pid,
+                                job, started, finished, stdout, stderr)
+SELECT :request_id, :idx, :attempt, :status, :cause, :error, :host, :pid,
+       :job, :started, :finished, :stdout, :stderr
+WHERE :attempt < coalesce(
+    (SELECT first FROM tasks WHERE request_id = :request_id AND idx = :idx), 1)
 """
 
 _INSERT_INCIDENT = """
-INSERT OR IGNORE INTO incidents (broker_id, request_id, stream_key, idx, error, host)
-VALUES (:broker_id, :request_id, :stream_key, :idx, :error, :host)
+INSERT OR IGNORE INTO incidents (request_id, broker_id, stream_key, idx, error, host)
+VALUES (:request_id, :broker_id, :stream_key, :idx, :error, :host)
+"""
+
+#: Every task of a request without a final outcome becomes lost with ``reason``.
+_CANCEL_PENDING = """
+INSERT OR IGNORE INTO results (request_id, idx, attempt, status, error, finished,
+                               broker_id, stream_key)
+SELECT t.request_id, t.idx, 0, 'lost', :reason, :finished, :broker_id, :stream_key
+FROM tasks t WHERE t.request_id = :request_id
 """
 
 
@@ -115,56 +192,92 @@ def stream_key(entry_id: str) -> int:
 
 @dataclass(frozen=True)
 class RequestRow:
-    broker_id: str
     request_id: int
+    token: str
+    origin: str
+    broker_id: str
+    broker_request: int
     location: str
     function: str
     n_tasks: int
     scheduler: str
     job_ids: str
     created: float
-    status: str = "submitted"
+    status: str = "submitting"
     settings: str = "{}"
+    submitter: str = ""
+
+
+_REQUEST_COLUMNS = ", ".join(
+    "b.location" if f.name == "location" else f"r.{f.name}" for f in fields(RequestRow)
+)
 
 
 @dataclass(frozen=True)
 class TaskRow:
     idx: int
     args: bytes
-    status: str | None  # None: no outcome yet
+    attempt: int | None  # None: no final outcome yet
+    status: str | None
     value: bytes | None
     error: str | None
+    cause: str | None = None
+    mac: str | None = None
 
 
 class Store:
     """One dbfile. Use as a context manager, or call ``close``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path)
         if not self.path.exists():
+            if not create:
+                raise RequestNotFound(f"there is no dbfile {self.path}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        target = str(self.path)
+        if not os.access(self.path, os.W_OK):
+            target = f"file:{self.path}?mode=ro"
+        self._db = sqlite3.connect(target, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                   uri=target.startswith("file:"))
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(
-                "INSERT OR IGNORE INTO store VALUES ('store_id', ?), ('schema', ?)",
-                (str(uuid.uuid4()), SCHEMA_VERSION),
-            )
-        info = dict(self._db.execute("SELECT key, value FROM store").fetchall())
-        if info["schema"] != SCHEMA_VERSION:
+        try:
+            self.store_id = self._open()
+        except BaseException:
             self._db.close()
+            raise
+
+    def _open(self) -> str:
+        """The store id, after creating the schema if this is a new file (reads take no lock)."""
+        info = self._info()
+        if info is None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO store VALUES ('store_id', ?), ('schema', ?)",
+                    (str(uuid.uuid4()), SCHEMA_VERSION),
+                )
+            info = self._info()
+            assert info is not None
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        if info.get("schema") != SCHEMA_VERSION:
             raise SheepdogError(
-                f"{self.path} was written by a sheepdog with store schema {info['schema']};"
+                f"{self.path} was written by a sheepdog with store schema {info.get('schema')};"
                 f" this one reads schema {SCHEMA_VERSION}. Use that sheepdog version for it,"
                 " or another dbfile."
             )
-        self.store_id: str = info["store_id"]
+        return info["store_id"]
+
+    def _info(self) -> dict[str, str] | None:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store'"
+        ).fetchone()
+        if found is None:
+            return None
+        return dict(self._db.execute("SELECT key, value FROM store").fetchall())
 
     def __enter__(self) -> Store:
         return self
@@ -189,60 +302,104 @@ class Store:
 
     # -- writing ------------------------------------------------------------
 
-    def add_request(self, row: RequestRow, func: bytes, args: Iterable[bytes]) -> None:
+    @contextlib.contextmanager
+    def new_request(self) -> Iterator[tuple[int, Any]]:
+        """(lowest free request id, add) under the write lock.
+
+        The caller takes its id from the broker (raised to at least that floor),
+        then calls ``add(row, func)`` before the block ends, so two submitters
+        writing to one dbfile never get the same id.
+        """
+        with self._transaction() as db:
+            floor = db.execute("SELECT coalesce(max(request_id), 0) FROM requests").fetchone()[0]
+
+            def add(row: RequestRow, func: bytes) -> None:
+                db.execute(
+                    "INSERT INTO brokers VALUES (?, ?) ON CONFLICT (broker_id)"
+                    " DO UPDATE SET location = excluded.location",
+                    (row.broker_id, row.location),
+                )
+                values = {f.name: getattr(row, f.name) for f in fields(row)
+                          if f.name != "location"}
+                names = ", ".join(values)
+                marks = ", ".join(f":{n}" for n in values)
+                db.execute(f"INSERT INTO requests ({names}, func) VALUES ({marks}, :func)",
+                           {**values, "func": func})
+
+            yield int(floor) + 1, add
+
+    def add_tasks(self, request_id: int, args: Iterable[tuple[int, bytes]]) -> None:
+        """Store task arguments, in batches of one transaction each."""
+        batch: list[tuple[int, int, bytes]] = []
+        for idx, payload in args:
+            batch.append((request_id, idx, payload))
+            if len(batch) >= INSERT_BATCH:
+                self._insert_tasks(batch)
+                batch = []
+        if batch:
+            self._insert_tasks(batch)
+
+    def _insert_tasks(self, batch: list[tuple[int, int, bytes]]) -> None:
+        with self._transaction() as db:
+            db.executemany("INSERT INTO tasks (request_id, idx, args) VALUES (?, ?, ?)", batch)
+
+    def update_request(self, request_id: int, **values: object) -> None:
+        allowed = {"job_ids", "status", "broker_id", "broker_request", "submitter", "settings"}
+        if not values or set(values) - allowed:
+            raise ValueError(f"cannot update {sorted(set(values) - allowed)}")
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        with self._transaction() as db:
+            db.execute(f"UPDATE requests SET {assignments} WHERE request_id = :request_id",
+                       {**values, "request_id": request_id})
+
+    def add_broker(self, broker_id: str, location: str) -> None:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO brokers VALUES (?, ?) ON CONFLICT (broker_id)"
                 " DO UPDATE SET location = excluded.location",
-                (row.broker_id, row.location),
-            )
-            db.execute(
-                "INSERT INTO requests (broker_id, request_id, function, n_tasks, func,"
-                " scheduler, job_ids, created, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row.broker_id, row.request_id, row.function, row.n_tasks, func,
-                 row.scheduler, row.job_ids, row.created, row.settings),
-            )
-            db.executemany(
-                "INSERT INTO tasks VALUES (?, ?, ?, ?)",
-                ((row.broker_id, row.request_id, i, a) for i, a in enumerate(args, start=1)),
+                (broker_id, location),
             )
 
-    def set_job_ids(self, broker_id: str, request_id: int, job_ids: str) -> None:
+    def delete_request(self, request_id: int) -> None:
         with self._transaction() as db:
-            db.execute(
-                "UPDATE requests SET job_ids = ? WHERE broker_id = ? AND request_id = ?",
-                (job_ids, broker_id, request_id),
-            )
+            for table in ("incidents", "attempts", "results", "tasks", "requests"):
+                db.execute(f"DELETE FROM {table} WHERE request_id = ?", (request_id,))
 
-    def set_status(self, broker_id: str, request_id: int, status: str) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE requests SET status = ? WHERE broker_id = ? AND request_id = ?",
-                (status, broker_id, request_id),
-            )
-
-    def delete_request(self, broker_id: str, request_id: int) -> None:
-        with self._transaction() as db:
-            for table in ("incidents", "results", "tasks", "requests"):
-                db.execute(
-                    f"DELETE FROM {table} WHERE broker_id = ? AND request_id = ?",
-                    (broker_id, request_id),
-                )
-
-    def save_outcomes(self, results: list[dict[str, object]], incidents: list[dict[str, object]]
-                      ) -> None:
+    def save_outcomes(
+        self, finals: list[dict[str, object]], earlier: list[dict[str, object]],
+        incidents: list[dict[str, object]], cancels: list[dict[str, object]],
+    ) -> None:
         """Upsert a batch of outcomes in one transaction; replays change nothing."""
         with self._transaction() as db:
-            db.executemany(_UPSERT_RESULT, results)
+            db.executemany(_INSERT_ATTEMPT, earlier)
+            db.executemany(_UPSERT_RESULT, finals)
+            db.executemany(_INSERT_EARLIER_FINAL, finals)
             db.executemany(_INSERT_INCIDENT, incidents)
+            db.executemany(_CANCEL_PENDING, cancels)
+
+    def restart_tasks(self, request_id: int, indices: list[int], firsts: dict[int, int]) -> None:
+        """Move the outcomes of ``indices`` to history; their next attempt is ``firsts[i]``."""
+        with self._transaction() as db:
+            for start in range(0, len(indices), 500):
+                chunk = indices[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    "INSERT OR REPLACE INTO attempts (request_id, idx, attempt, status, cause,"
+                    " error, host, pid, job, started, finished, stdout, stderr)"
+                    " SELECT request_id, idx, attempt, status, cause, error, host, pid, job,"
+                    " started, finished, stdout, stderr FROM results"
+                    f" WHERE request_id = ? AND idx IN ({marks})", (request_id, *chunk))
+                db.execute(f"DELETE FROM results WHERE request_id = ? AND idx IN ({marks})",
+                           (request_id, *chunk))
+            db.executemany("UPDATE tasks SET first = ? WHERE request_id = ? AND idx = ?",
+                           [(firsts[i], request_id, i) for i in indices])
 
     # -- reading ------------------------------------------------------------
 
     def request(self, request_id: int) -> RequestRow:
         rows = self._db.execute(
-            "SELECT r.broker_id, r.request_id, b.location, r.function, r.n_tasks,"
-            " r.scheduler, r.job_ids, r.created, r.status, r.settings FROM requests r"
-            " JOIN brokers b USING (broker_id) WHERE r.request_id = ?",
+            f"SELECT {_REQUEST_COLUMNS} FROM requests r JOIN brokers b USING (broker_id)"
+            " WHERE r.request_id = ?",
             (request_id,),
         ).fetchall()
         if not rows:
@@ -250,54 +407,86 @@ class Store:
                 f"request {request_id} is not in {self.path}; `sheepdog ls --dbfile"
                 f" {self.path}` lists the requests it holds"
             )
-        if len(rows) > 1:
-            brokers = ", ".join(f"{r['broker_id']} ({r['location']})" for r in rows)
-            raise RequestNotFound(
-                f"request id {request_id} exists for several brokers in {self.path}: {brokers}."
-                " Keep one dbfile per broker."
-            )
         return RequestRow(**dict(rows[0]))
 
     def requests(self) -> list[RequestRow]:
         rows = self._db.execute(
-            "SELECT r.broker_id, r.request_id, b.location, r.function, r.n_tasks,"
-            " r.scheduler, r.job_ids, r.created, r.status, r.settings FROM requests r"
-            " JOIN brokers b USING (broker_id) ORDER BY r.created"
+            f"SELECT {_REQUEST_COLUMNS} FROM requests r JOIN brokers b USING (broker_id)"
+            " ORDER BY r.request_id"
         ).fetchall()
         return [RequestRow(**dict(r)) for r in rows]
 
-    def counts(self, broker_id: str, request_id: int) -> dict[str, int]:
+    def counts(self, request_id: int) -> dict[str, int]:
         rows = self._db.execute(
-            "SELECT status, count(*) AS n FROM results WHERE broker_id = ? AND request_id = ?"
-            " GROUP BY status",
-            (broker_id, request_id),
+            "SELECT status, count(*) AS n FROM results WHERE request_id = ? GROUP BY status",
+            (request_id,),
         ).fetchall()
         counts = {"ok": 0, "error": 0, "lost": 0}
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
 
-    def tasks(self, broker_id: str, request_id: int) -> list[TaskRow]:
-        """Every task in index order, with its outcome where one has arrived."""
-        rows = self._db.execute(
-            "SELECT t.idx, t.args, r.status, r.value, r.error FROM tasks t"
-            " LEFT JOIN results r USING (broker_id, request_id, idx)"
-            " WHERE t.broker_id = ? AND t.request_id = ? ORDER BY t.idx",
-            (broker_id, request_id),
-        ).fetchall()
-        return [TaskRow(**dict(r)) for r in rows]
+    def retried(self, request_id: int) -> int:
+        """How many attempts of the request's tasks ended and were retried or replaced."""
+        row = self._db.execute("SELECT count(*) FROM attempts WHERE request_id = ?",
+                               (request_id,)).fetchone()
+        return int(row[0])
 
-    def incidents(self, broker_id: str, request_id: int) -> list[str]:
+    def tasks(self, request_id: int, *, statuses: tuple[str, ...] | None = None
+              ) -> list[TaskRow]:
+        """Tasks in index order, with their final outcome where there is one.
+
+        ``statuses`` keeps only tasks whose outcome has one of them ('' for
+        tasks without an outcome).
+        """
         rows = self._db.execute(
-            "SELECT error FROM incidents WHERE broker_id = ? AND request_id = ?"
-            " ORDER BY stream_key",
-            (broker_id, request_id),
+            "SELECT t.idx, t.args, r.attempt, r.status, r.value, r.error, r.cause, r.mac"
+            " FROM tasks t LEFT JOIN results r USING (request_id, idx)"
+            " WHERE t.request_id = ? ORDER BY t.idx",
+            (request_id,),
+        ).fetchall()
+        found = [TaskRow(**dict(r)) for r in rows]
+        if statuses is None:
+            return found
+        return [row for row in found if (row.status or "") in statuses]
+
+    def function_payload(self, request_id: int) -> bytes:
+        row = self._db.execute("SELECT func FROM requests WHERE request_id = ?",
+                               (request_id,)).fetchone()
+        return bytes(row["func"])
+
+    def firsts(self, request_id: int) -> dict[int, int]:
+        rows = self._db.execute("SELECT idx, first FROM tasks WHERE request_id = ?",
+                                (request_id,)).fetchall()
+        return {r["idx"]: r["first"] for r in rows}
+
+    def last_attempts(self, request_id: int) -> dict[int, int]:
+        """The highest attempt of each task that has one, outcome or history."""
+        rows = self._db.execute(
+            "SELECT idx, max(attempt) AS a FROM (SELECT idx, attempt FROM results"
+            " WHERE request_id = :r UNION ALL SELECT idx, attempt FROM attempts"
+            " WHERE request_id = :r) GROUP BY idx", {"r": request_id},
+        ).fetchall()
+        return {r["idx"]: r["a"] for r in rows}
+
+    def history(self, request_id: int) -> dict[int, list[sqlite3.Row]]:
+        """Earlier attempts of each task, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM attempts WHERE request_id = ? ORDER BY idx, attempt", (request_id,)
+        ).fetchall()
+        found: dict[int, list[sqlite3.Row]] = {}
+        for row in rows:
+            found.setdefault(row["idx"], []).append(row)
+        return found
+
+    def incidents(self, request_id: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT error FROM incidents WHERE request_id = ? ORDER BY broker_id, stream_key",
+            (request_id,),
         ).fetchall()
         return [r["error"] for r in rows]
 
-    def outcome_detail(self, broker_id: str, request_id: int, idx: int) -> sqlite3.Row | None:
+    def outcome_detail(self, request_id: int, idx: int) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._db.execute(
-            "SELECT * FROM results WHERE broker_id = ? AND request_id = ? AND idx = ?",
-            (broker_id, request_id, idx),
+            "SELECT * FROM results WHERE request_id = ? AND idx = ?", (request_id, idx),
         ).fetchone()
         return row
-

@@ -1,9 +1,19 @@
 """Submitting a request: serialise, store, push to the broker, start the array.
 
-Order matters for "nothing is lost": everything is serialised before the
-broker is touched, the dbfile holds function and arguments before any task
-can run, and a scheduler that refuses the job leaves neither broker keys nor
-dbfile rows behind.
+Order matters for "nothing is lost":
+
+1. everything is serialised before the broker is touched;
+2. the request id is taken from the broker while the dbfile's write lock is
+   held, raised above every id the dbfile holds, so ids are unique in a
+   dbfile whichever brokers it mixes (and several submitters of one broker
+   never collide: the broker's INCR);
+3. the dbfile holds function and arguments before any task can run;
+4. the broker's keys expire (``keys.SUBMIT_TTL``) until the job is queued, so
+   a submitter killed mid-push leaves nothing on the broker, and its dbfile
+   row says 'submitting' (``get_results`` then says it was never submitted);
+5. anything that fails after that - the scheduler refusing the job, Ctrl-C,
+   a locked dbfile - cancels the jobs already started and leaves neither job
+   files, broker keys, broker users nor dbfile rows behind.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import getpass
 import json
 import os
 import platform
+import secrets
 import socket
 import sys
 import sysconfig
@@ -25,14 +36,14 @@ import cloudpickle
 
 from sheepdog.broker import codec
 from sheepdog.broker.client import Broker
-from sheepdog.errors import SheepdogError, SubmitError
-from sheepdog.submitter import credentials, paths
+from sheepdog.submitter import credentials
 from sheepdog.submitter.brokers import connect_for_submit
-from sheepdog.submitter.results import job_name
-from sheepdog.submitter.schedulers import ArrayJob, Scheduler
+from sheepdog.submitter.config import Settings
+from sheepdog.submitter.launch import launch, worker_access
+from sheepdog.submitter.request import job_name
+from sheepdog.submitter.schedulers.local import process_start
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import RequestRow, Store
-from sheepdog.worker_bootstrap.environment import JobFile
 
 
 def positional(item: object) -> list[object]:
@@ -103,9 +114,16 @@ def _encode_tasks(items: list[object], key: bytes) -> tuple[list[bytes], list[by
     stored, pushed = [], []
     for index, item in enumerate(items, start=1):
         what = f"arguments of task {index} ({item!r:.80})"
-        stored.append(codec.encode(item, key, what=what))
-        pushed.append(codec.encode(positional(item), key, what=what))
+        context = codec.args_context(index)
+        stored.append(codec.encode(item, key, context, what=what))
+        pushed.append(codec.encode(positional(item), key, context, what=what))
     return stored, pushed
+
+
+def submitter_identity() -> str:
+    """'host pid start' of this process: a later reader can tell whether it still runs."""
+    pid = os.getpid()
+    return f"{socket.gethostname()} {pid} {process_start(pid) or '-'}"
 
 
 def submit(
@@ -116,66 +134,89 @@ def submit(
     _check_inputs(f, ns)
     items = list(args)
     settings = session.settings
-    scheduler = session.scheduler()
     if items:
-        scheduler.prepare(settings)  # bad options or interpreter: refused before any push
-    broker, location, master, worker_url = connect_for_submit(session)
+        session.scheduler().prepare(settings)  # bad options or interpreter: refused first
+    token = secrets.token_hex(16)
+    broker, location, master, base_url = connect_for_submit(session)
     try:
-        request_id = broker.new_request_id()
-        key = credentials.request_key(master, request_id)
+        key = credentials.request_key(master, token)
         local = settings.scheduler_name == "local"  # local workers share our sys.path
         with by_value([] if local else user_modules([f, *(ns or {}).values()])):
-            func_payload = codec.encode((f, dict(ns or {})), key,
+            func_payload = codec.encode((f, dict(ns or {})), key, codec.FUNC_CONTEXT,
                                         what=f"function {function_name(f)}")
             stored, pushed = _encode_tasks(items, key)
-        row = RequestRow(
-            broker_id=broker.broker_id, request_id=request_id, location=location,
-            function=function_name(f), n_tasks=len(items), scheduler=settings.scheduler_name,
-            job_ids="", created=time.time(), settings=json.dumps(settings.public()),
-        )
         with Store(settings.dbfile) as store:
-            store.add_request(row, func_payload, stored)
-            try:
-                broker.create_request(request_id, _meta(row), func_payload, pushed)
-                if pushed:
-                    job = ArrayJob(
-                        request_id, row.n_tasks, job_name(row),
-                        JobFile(broker_url=worker_url, request_id=request_id, key=key.hex(),
-                                scheduler=row.scheduler),
-                        paths.job_dir(job_name(row)), settings,
-                    )
-                    _start(broker, store, row, scheduler, job)
-            except BaseException:
-                broker.delete_request(request_id)
-                store.delete_request(broker.broker_id, request_id)
-                raise
+            with store.new_request() as (floor, add):
+                request_id = broker.new_request_id(floor)
+                row = RequestRow(
+                    request_id=request_id, token=token, origin=broker.broker_id,
+                    broker_id=broker.broker_id, broker_request=request_id, location=location,
+                    function=function_name(f), n_tasks=len(items),
+                    scheduler=settings.scheduler_name, job_ids="", created=time.time(),
+                    settings=json.dumps(settings.public()), submitter=submitter_identity(),
+                )
+                add(row, func_payload)
+            _push_and_start(session, broker, store, row, key, base_url, func_payload,
+                            stored, pushed)
         return request_id
     finally:
         broker.close()
 
 
-def _meta(row: RequestRow) -> dict[str, str | int]:
+def _push_and_start(
+    session: Session, broker: Broker, store: Store, row: RequestRow, key: bytes, base_url: str,
+    func_payload: bytes, stored: list[bytes], pushed: list[bytes],
+) -> None:
+    """Everything after the id: undone completely if anything fails, Ctrl-C included."""
+    rid = row.request_id
+    job_ids: list[str] = []
+    user = ""
+    try:
+        store.add_tasks(rid, enumerate(stored, start=1))
+        worker_url, user = worker_access(broker, key, row, base_url)
+        broker.push_request(rid, request_meta(row, session.settings, user), func_payload,
+                            enumerate(pushed, start=1))
+        if pushed:
+            job_ids = launch(session, row, key, worker_url, indices=None)
+            store.update_request(rid, job_ids=",".join(job_ids))
+        broker.queued(rid, ",".join(job_ids))
+        store.update_request(rid, status="submitted" if pushed else "done")
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            _undo(session, broker, store, row, job_ids, user)
+        raise
+
+
+def _undo(session: Session, broker: Broker, store: Store, row: RequestRow,
+          job_ids: list[str], user: str) -> None:
+    """A submit that failed half-way leaves no job, job file, broker key or dbfile row."""
+    try:
+        if job_ids:
+            scheduler = session.scheduler()
+            scheduler.cancel(job_ids)
+            scheduler.forget(session.settings, job_name(row))
+    finally:
+        broker.delete_request(row.request_id)
+        if user:
+            broker.delete_worker_user(user)
+        store.delete_request(row.request_id)
+
+
+def request_meta(row: RequestRow, settings: Settings, worker_user: str) -> dict[str, str | int]:
+    """The broker's meta of a request (see keys.META_FIELDS)."""
     return {
+        "token": row.token,
         "status": "submitting" if row.n_tasks else "done",
         "n_tasks": row.n_tasks,
         "function": row.function,
         "submitter": f"{getpass.getuser()}@{socket.gethostname()}",
         "scheduler": row.scheduler,
-        "job_ids": "",
+        "job_ids": row.job_ids,
         "python": platform.python_version(),
         "created": f"{row.created:.6f}",
-        "n_ok": 0, "n_error": 0, "n_lost": 0, "n_rejected": 0,
+        "max_attempts": settings.retries + 1,
+        "retry_errors": int(settings.retry_errors),
+        "retry_memory": int(settings.retry_memory_factor is not None),
+        "worker_user": worker_user,
+        "n_ok": 0, "n_error": 0, "n_lost": 0, "n_retried": 0, "n_rejected": 0,
     }
-
-
-def _start(broker: Broker, store: Store, row: RequestRow, scheduler: Scheduler, job: ArrayJob
-           ) -> None:
-    try:
-        job_ids = scheduler.submit(job)
-    except SheepdogError:
-        raise
-    except Exception as exc:
-        raise SubmitError(f"the {row.scheduler} scheduler refused the job: {exc}") from exc
-    joined = ",".join(job_ids)
-    broker.set_meta(row.request_id, job_ids=joined, status="queued")
-    store.set_job_ids(row.broker_id, row.request_id, joined)

@@ -36,6 +36,7 @@ WORKER_MODULES = (
     "worker_bootstrap/__main__.py",
     "worker_bootstrap/capture.py",
     "worker_bootstrap/environment.py",
+    "worker_bootstrap/link.py",
     "worker_bootstrap/run.py",
 )
 

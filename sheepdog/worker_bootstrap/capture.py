@@ -1,29 +1,24 @@
 """Capture what a task writes to fds 1 and 2, keeping a tail for the record.
 
 File descriptors are redirected, not just ``sys.stdout``, so output from C
-extensions and child processes is caught too. Everything captured is passed on
-to the original descriptors afterwards, so the scheduler's own log files still
-hold the whole output.
+extensions and child processes is caught too. They go to temporary files, not
+pipes: a writer never blocks on us, even one that holds the GIL. ``pump``
+passes what arrived since the last call on to the original descriptors; the
+worker's keeper thread calls it every second, so the scheduler's own log files
+hold a task's output as it runs - including the last words of a task that is
+then killed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
 from typing import IO
 
 #: Bytes of stdout and of stderr kept with each outcome.
 TAIL_BYTES = 4096
-
-
-@dataclass
-class Captured:
-    stdout: str = ""
-    stderr: str = ""
 
 
 def tail(f: IO[bytes]) -> str:
@@ -33,33 +28,58 @@ def tail(f: IO[bytes]) -> str:
     return f.read().decode("utf-8", errors="replace")
 
 
-def _pass_on(f: IO[bytes], fd: int) -> None:
-    f.seek(0)
-    while chunk := f.read(1 << 16):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view) :]
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
-@contextlib.contextmanager
-def captured_output() -> Iterator[Captured]:
-    result = Captured()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        saved = (os.dup(1), os.dup(2))
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-        try:
-            yield result
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            result.stdout = tail(out)
-            result.stderr = tail(err)
-            _pass_on(out, 1)
-            _pass_on(err, 2)
+class _Stream:
+    """One redirected descriptor: its temp file, the saved original, and how much was passed on."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Capture.stop
+        self.saved = os.dup(fd)
+        self.sent = 0
+
+    def pump(self) -> None:
+        while chunk := os.pread(self.file.fileno(), 1 << 16, self.sent):
+            _write_all(self.saved, chunk)
+            self.sent += len(chunk)
+
+
+class Capture:
+    """fds 1 and 2 redirected to temp files from ``start`` to ``stop``."""
+
+    def __init__(self) -> None:
+        self._streams: list[_Stream] = []
+        self._lock = threading.Lock()
+        self.stdout = ""
+        self.stderr = ""
+
+    def start(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._streams = [_Stream(1), _Stream(2)]
+        for stream in self._streams:
+            os.dup2(stream.file.fileno(), stream.fd)
+
+    def pump(self) -> None:
+        with self._lock:
+            for stream in self._streams:
+                stream.pump()
+
+    def stop(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with self._lock:
+            for stream in self._streams:
+                os.dup2(stream.saved, stream.fd)
+                stream.pump()
+                os.close(stream.saved)
+            out, err = self._streams
+            self.stdout, self.stderr = tail(out.file), tail(err.file)
+            for stream in self._streams:
+                stream.file.close()
+            self._streams = []

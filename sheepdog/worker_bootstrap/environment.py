@@ -19,6 +19,13 @@ TASK_INDEX_VARS: Mapping[str, str] = {
     "slurm": "SLURM_ARRAY_TASK_ID",
 }
 
+#: The environment variable each scheduler sets to the job's id.
+JOB_ID_VARS: Mapping[str, str] = {
+    "local": "SHEEPDOG_JOB_ID",
+    "gridengine": "JOB_ID",
+    "slurm": "SLURM_ARRAY_JOB_ID",
+}
+
 
 class BadEnvironment(Exception):
     """The worker was started without what it needs; the message says what."""
@@ -26,15 +33,23 @@ class BadEnvironment(Exception):
 
 @dataclass(frozen=True)
 class JobFile:
-    """Everything an array task needs besides its index. Written mode 0600."""
+    """Everything an array task needs besides its index. Written mode 0600.
 
-    broker_url: str  # with the password: this is why the file is private
+    ``indices`` is None when array task ``i`` runs task ``i``; a retry job
+    runs only some tasks, and its array task ``i`` runs ``indices[i - 1]``.
+    """
+
+    broker_url: str  # with a password: this is why the file is private
     request_id: int
+    token: str  # the request's token: workers of another request touch nothing
     key: str  # hex HMAC key of this request
     scheduler: str
-    connect_attempts: int = 5
-    connect_retry_delay: float = 2.0
+    indices: list[int] | None = None
+    level: int = 0  # memory level of this job (retries with more memory count up)
     memory_limit: int | None = None  # bytes of address space (RLIMIT_AS), from mem_grab
+    heartbeat_interval: float = 10.0  # seconds between a running task's heartbeats
+    lease_timeout: float = 60.0  # seconds without a heartbeat after which a task is lost
+    broker_patience: float = 120.0  # seconds a worker retries a broker that is down
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))
@@ -56,6 +71,16 @@ class JobFile:
                 f"job file {path} is not a sheepdog job file of this version: {exc}"
             ) from exc
 
+    def task_for(self, array_index: int) -> int:
+        """The request's task index that array task ``array_index`` runs."""
+        if self.indices is None:
+            return array_index
+        if not 1 <= array_index <= len(self.indices):
+            raise BadEnvironment(
+                f"array task {array_index} is outside this job's {len(self.indices)} tasks"
+            )
+        return self.indices[array_index - 1]
+
 
 def task_index(scheduler: str, environ: Mapping[str, str]) -> int:
     """The array task index from the variable ``scheduler`` sets."""
@@ -74,3 +99,9 @@ def task_index(scheduler: str, environ: Mapping[str, str]) -> int:
         raise BadEnvironment(
             f"{var}={value!r} is not a task index; was the job submitted as an array job?"
         ) from None
+
+
+def job_reference(scheduler: str, environ: Mapping[str, str], array_index: int) -> str:
+    """'<job id>.<array index>', as the scheduler's accounting names this task."""
+    job_id = environ.get(JOB_ID_VARS.get(scheduler, ""), "")
+    return f"{job_id}.{array_index}" if job_id else f"-.{array_index}"

@@ -1,9 +1,11 @@
-"""One array task: fetch function and arguments, run, record the outcome.
+"""One array task: claim the task, run it under a lease, record how it ended.
 
 Every path ends in exactly one of: an outcome recorded on the broker (ok or
-error), a rejection recorded for an index outside the request, or - only when
-the broker itself cannot be reached or the request is gone - a message on
-stderr and a non-zero exit status for the scheduler's log.
+error), a rejection recorded for an index outside the request, a clean exit
+because there is nothing to do (the task is done, held by another attempt, or
+cancelled), or - when the broker cannot be reached within the patience, or
+the attempt was declared lost meanwhile - a message on stderr and a non-zero
+exit status: the task is then lost when its lease runs out, and retried.
 """
 
 from __future__ import annotations
@@ -18,25 +20,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sheepdog.broker import codec, resp
-from sheepdog.broker.tasks import TaskChannel
+from sheepdog.broker import codec, keys
+from sheepdog.broker.tasks import FINAL, RETRIED, ClaimReply, TaskChannel, signed_fields
 from sheepdog.broker.urls import redact
 from sheepdog.errors import BrokerError, SheepdogError
-from sheepdog.worker_bootstrap.capture import captured_output
-from sheepdog.worker_bootstrap.environment import BadEnvironment, JobFile, task_index
+from sheepdog.worker_bootstrap.capture import Capture
+from sheepdog.worker_bootstrap.environment import (
+    BadEnvironment,
+    JobFile,
+    job_reference,
+    task_index,
+)
+from sheepdog.worker_bootstrap.link import BrokerLink, Keeper, log
 
 #: Exit statuses, for the scheduler's accounting.
-EXIT_OK = 0  # an outcome was recorded (the task itself may have failed)
+EXIT_OK = 0  # an outcome was recorded (the task itself may have failed), or nothing to do
 EXIT_NOT_RECORDED = 1  # the outcome could not be written to the broker
 EXIT_BAD_ENVIRONMENT = 2  # no job file, no index, no broker, no request
 EXIT_REJECTED = 3  # the index is not part of the request
 
 Fields = dict[str, str | bytes]
-Outcome = tuple[str, Fields]
-
-
-def log(message: str) -> None:
-    print(f"sheepdog worker: {message}", file=sys.stderr, flush=True)
 
 
 def python_mismatch(submitter_python: str) -> str | None:
@@ -53,9 +56,10 @@ def python_mismatch(submitter_python: str) -> str | None:
     )
 
 
-def _load(func_payload: bytes, args_payload: bytes, key: bytes) -> tuple[Any, list[Any]]:
-    f, ns = codec.decode(func_payload, key)
-    args = codec.decode(args_payload, key)
+def _load(func_payload: bytes, args_payload: bytes, key: bytes, index: int
+          ) -> tuple[Any, list[Any]]:
+    f, ns = codec.decode(func_payload, key, codec.FUNC_CONTEXT)
+    args = codec.decode(args_payload, key, codec.args_context(index))
     if ns:
         f.__globals__.update(ns)  # one dict shared by every by-value function of the pickle
     return f, args
@@ -87,94 +91,144 @@ def memory_limit(limit: int | None) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def _memory_error(exc: MemoryError, limit: int | None) -> str:
-    if limit is None:
-        return _user_traceback(exc)
+def _memory_error(exc: MemoryError, limit: int) -> str:
     return (
         f"MemoryError: the task needed more memory than its limit of {limit / 2**20:.0f} MiB"
-        " (set by -l mem_grab in ge_opts; ask for more, e.g. '-l mem_grab=4G').\n"
-        + _user_traceback(exc)
+        " (set by -l mem_grab in ge_opts; ask for more, e.g. '-l mem_grab=4G', or set"
+        " retry_memory_factor to retry it with more).\n" + _user_traceback(exc)
     )
 
 
-def execute(meta: dict[str, str], func_payload: bytes, args_payload: bytes, key: bytes,
-            limit: int | None = None) -> Outcome:
-    """Run the task and turn whatever happens into (status, fields)."""
-    mismatch = python_mismatch(meta.get("python", ""))
-    if mismatch:
-        return "error", {"error": f"PythonVersionMismatch: {mismatch}"}
-    status: str
-    fields: Fields
-    with captured_output() as out:
+class Attempt:
+    """One attempt at one task, from its claim to its record."""
+
+    def __init__(self, link: BrokerLink, job: JobFile, index: int, job_ref: str) -> None:
+        self.link = link
+        self.job = job
+        self.index = index
+        self.job_ref = job_ref
+        self.key = bytes.fromhex(job.key)
+        self.holder = os.urandom(8).hex()  # not secrets: it imports more than it is worth here
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started = time.time()
+
+    def claim(self) -> ClaimReply:
+        job = self.job
+
+        def op(channel: TaskChannel) -> ClaimReply:
+            reply = channel.claim(
+                job.request_id, job.token, self.index, holder=self.holder, level=job.level,
+                host=self.host, pid=self.pid, job=self.job_ref, lease=job.lease_timeout,
+            )
+            if reply.kind == "busy" and reply.detail.split()[3:4] == [self.holder]:
+                return _own_claim(channel, job, self.index, int(reply.detail.split()[0]))
+            return reply
+
+        return self.link.call(f"claiming task {self.index}", op)
+
+    def heartbeat(self) -> int:
+        job = self.job
+        return self.link.call(
+            "heartbeat",
+            lambda ch: ch.heartbeat(job.request_id, job.token, self.index, self.holder,
+                                    job.lease_timeout),
+            patience=job.heartbeat_interval,
+        )
+
+    def execute(self, claim: ClaimReply) -> tuple[str, str, Fields]:
+        """Run the task: (status, cause, fields), whatever happens."""
+        mismatch = python_mismatch(claim.python)
+        if mismatch:
+            return "error", "", {"error": f"PythonVersionMismatch: {mismatch}"}
+        capture = Capture()
+        capture.start()
         try:
-            f, args = _load(func_payload, args_payload, key)
+            with Keeper(self.heartbeat, self.job.heartbeat_interval, capture.pump):
+                status, cause, fields = self._call(claim)
+        finally:
+            capture.stop()
+        fields["stdout"] = capture.stdout
+        fields["stderr"] = capture.stderr
+        return status, cause, fields
+
+    def _call(self, claim: ClaimReply) -> tuple[str, str, Fields]:
+        limit = self.job.memory_limit
+        try:
+            f, args = _load(claim.func, claim.args, self.key, self.index)
             with memory_limit(limit):
                 value = f(*args)
         except SheepdogError as exc:  # our own loading errors: the message is the point
-            status, fields = "error", {"error": f"{type(exc).__name__}: {exc}"}
+            return "error", "", {"error": f"{type(exc).__name__}: {exc}"}
         except MemoryError as exc:
-            status, fields = "error", {"error": _memory_error(exc, limit)}
+            if limit is None:
+                return "error", "", {"error": _user_traceback(exc)}
+            return "error", "memory", {"error": _memory_error(exc, limit)}
         except BaseException as exc:
-            status, fields = "error", {"error": _user_traceback(exc)}
-        else:
-            try:
-                status, fields = "ok", {"payload": codec.encode(value, key, what="return value")}
-            except SheepdogError as exc:
-                status, fields = "error", {"error": f"{type(exc).__name__}: {exc}"}
-    fields["stdout"] = out.stdout
-    fields["stderr"] = out.stderr
-    return status, fields
-
-
-def _connect(job: JobFile) -> TaskChannel:
-    client = resp.connect(
-        job.broker_url, attempts=job.connect_attempts, retry_delay=job.connect_retry_delay
-    )
-    return TaskChannel(client)
-
-
-def _record(channel: TaskChannel, job: JobFile, index: int, outcome: Outcome) -> int:
-    """Record the outcome, reconnecting if the broker went away while the task ran."""
-    status, fields = outcome
-    for attempt in range(job.connect_attempts):
+            return "error", "", {"error": _user_traceback(exc)}
         try:
-            written = channel.record(job.request_id, index, status, fields)
-        except (BrokerError, OSError) as exc:
-            log(f"recording task {index} failed (attempt {attempt + 1}): {exc}")
-            time.sleep(job.connect_retry_delay)
-            with contextlib.suppress(BrokerError):  # the next attempt says why
-                channel = _connect(job)
-            continue
-        if not written:
-            log(f"task {index} already had an outcome; this run's {status} was not recorded")
-        return EXIT_OK
-    log(f"giving up: task {index} finished with status {status} but it could not be recorded")
-    return EXIT_NOT_RECORDED
+            payload = codec.encode(value, self.key, codec.VALUE_CONTEXT, what="return value")
+        except SheepdogError as exc:
+            return "error", "", {"error": f"{type(exc).__name__}: {exc}"}
+        return "ok", "", {"payload": payload}
+
+    def record(self, attempt: int, status: str, cause: str, fields: Fields) -> int:
+        job = self.job
+        fields.update(host=self.host, pid=str(self.pid), job=self.job_ref,
+                      started=f"{self.started:.6f}", finished=f"{time.time():.6f}")
+        signed = signed_fields(self.key, job.token, self.index, attempt, status, cause, fields)
+        written = self.link.call(
+            f"recording task {self.index}",
+            lambda ch: ch.record(job.request_id, job.token, self.index, holder=self.holder,
+                                 attempt=attempt, status=status, cause=cause, fields=signed),
+        )
+        if written in (FINAL, RETRIED):
+            return EXIT_OK
+        log(f"task {self.index} attempt {attempt} ended ({status}) but was not recorded: "
+            + ("this attempt no longer held the task (it was declared lost, or another"
+               " attempt finished it)" if written == 0 else
+               "the request is gone from the broker or was cancelled"))
+        return EXIT_NOT_RECORDED
+
+    def reject(self, n_tasks: str) -> int:
+        reason = (f"task index {self.index} is not part of request {self.job.request_id}"
+                  f" (1..{n_tasks})")
+        fields: Fields = {"index": str(self.index), "error": reason, "host": self.host,
+                          "pid": str(self.pid), "job": self.job_ref}
+        signed = signed_fields(self.key, self.job.token, self.index, 0, "rejected", "", fields)
+        self.link.call("recording a rejected index",
+                       lambda ch: ch.reject(self.job.request_id, self.job.token, signed))
+        log(reason)
+        return EXIT_REJECTED
 
 
-def run_task(channel: TaskChannel, job: JobFile, index: int) -> int:
-    host, pid = socket.gethostname(), os.getpid()
+def _own_claim(channel: TaskChannel, job: JobFile, index: int, attempt: int) -> ClaimReply:
+    """Our claim went through but its reply was lost: read what it would have said."""
     meta = channel.meta(job.request_id)
-    if not meta:
+    args = channel.conn.execute_command("HGET", keys.tasks(job.request_id), index)
+    func = channel.conn.execute_command("GET", keys.func(job.request_id))
+    if args is None or func is None:
+        return ClaimReply("done")
+    return ClaimReply("run", attempt, func, args, meta.get("python", ""))
+
+
+def run_task(link: BrokerLink, job: JobFile, index: int, job_ref: str) -> int:
+    attempt = Attempt(link, job, index, job_ref)
+    claim = attempt.claim()
+    if claim.kind == "gone":
         log(f"request {job.request_id} is not on the broker {redact(job.broker_url)}"
             " (expired, deleted, or another broker); nothing to do")
         return EXIT_BAD_ENVIRONMENT
-    n_tasks = int(meta["n_tasks"])
-    if not 1 <= index <= n_tasks:
-        reason = f"task index {index} is not part of request {job.request_id} (1..{n_tasks})"
-        channel.reject(job.request_id, index, reason, host, pid)
-        log(reason)
-        return EXIT_REJECTED
-    func_payload, args_payload = channel.fetch(job.request_id, index)
-    if args_payload is None or func_payload is None:
-        log(f"task {index} of request {job.request_id} already has an outcome; nothing to do")
+    if claim.kind == "outside":
+        return attempt.reject(claim.detail)
+    if claim.kind != "run":
+        why = {"cancelled": "the request was cancelled",
+               "done": "it already has an outcome",
+               "busy": f"another attempt holds it ({claim.detail})"}.get(claim.kind, claim.kind)
+        log(f"task {index} of request {job.request_id}: {why}; nothing to do")
         return EXIT_OK
-    started = time.time()
-    channel.take_lease(job.request_id, index, f"{host} {pid} {started:.3f}")
-    status, fields = execute(meta, func_payload, args_payload, bytes.fromhex(job.key),
-                             job.memory_limit)
-    fields.update(host=host, pid=str(pid), started=f"{started:.6f}", finished=f"{time.time():.6f}")
-    return _record(channel, job, index, (status, fields))
+    status, cause, fields = attempt.execute(claim)
+    return attempt.record(claim.attempt, status, cause, fields)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,9 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_ENVIRONMENT
     try:
         job = JobFile.load(Path(args[0]))
-        index = task_index(job.scheduler, os.environ)
-        channel = _connect(job)
-    except (BadEnvironment, BrokerError) as exc:
+        array_index = task_index(job.scheduler, os.environ)
+        index = job.task_for(array_index)
+    except BadEnvironment as exc:
         log(str(exc))
         return EXIT_BAD_ENVIRONMENT
-    return run_task(channel, job, index)
+    link = BrokerLink(job.broker_url, job.broker_patience)
+    try:
+        return run_task(link, job, index, job_reference(job.scheduler, os.environ, array_index))
+    except BrokerError as exc:
+        log(f"giving up on task {index}: {exc}")
+        return EXIT_NOT_RECORDED
+    finally:
+        link.close()

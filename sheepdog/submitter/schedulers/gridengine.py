@@ -6,20 +6,33 @@ entry; its body starts worker_bootstrap, from the zipapp or from an installed
 sheepdog. Paths never go into ``#$`` lines (Grid Engine's quoting there is
 not to be relied on): they are Python literals in the body, and shell-quoted
 arguments of qsub (``-o``, ``-e``, ``-wd``) unless ``ge_opts`` sets those.
+
+A retry runs some tasks only. qsub takes one ``-t n-m:s`` range, so a retry
+job is ``-t 1-K`` over a job file that lists the K tasks (task-list
+indirection): array task i runs ``indices[i - 1]``.
+
+What Grid Engine says, and what sheepdog takes from it (checked on SoGE 8.1.9):
+``qstat -j ID`` exits 0 while the job is known; exits 1 with "Following jobs
+do not exist" once it is over - the only answer taken as "ended"; and exits 1
+with "unable to contact/send message to qmaster" (or anything else) when the
+qmaster is down: that is "cannot tell", and the request waits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import posixpath
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sheepdog.errors import ConfigError, SubmitError
 from sheepdog.submitter import zipapp
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.remote import Remote, check, run_checked
+from sheepdog.submitter.remote import Remote, RemoteUnavailable, check, run_checked
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 
 SUBMIT_COMMAND = "qsub"
@@ -32,6 +45,13 @@ FORCED = {"-t": "the array range is always 1-N", "-S": "set the 'shell' config k
 DEFAULTED = ("-o", "-e", "-wd", "-cwd", "-N", "-j")
 #: Resources whose value becomes the worker's address-space limit (RLIMIT_AS).
 MEMORY_RESOURCES = ("mem_grab",)
+#: Memory resources multiplied for a retry with more memory (retry_memory_factor).
+SCALED_RESOURCES = ("mem_grab", "h_vmem", "s_vmem", "h_rss", "s_rss", "mem_free",
+                    "virtual_free")
+#: What qstat says of a job that is over (finished or deleted).
+GONE = "do not exist"
+JOB_ID = re.compile(r"\d+")
+JOB_REF = re.compile(r"(\d+)\.(\d+)")
 _HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
 _UNITS = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2, "g": 1000**3, "G": 1024**3,
           "t": 1000**4, "T": 1024**4}
@@ -132,22 +152,59 @@ def memory_limit(ge_opts: tuple[str, ...]) -> int | None:
     return None
 
 
+def scale_memory(ge_opts: tuple[str, ...], factor: float) -> tuple[str, ...]:
+    """``ge_opts`` asking for ``factor`` times the memory, in whole MiB."""
+    if factor == 1:
+        return ge_opts
+    scaled = []
+    for opt in ge_opts:
+        words = shlex.split(opt)
+        if words[:1] != ["-l"]:
+            scaled.append(opt)
+            continue
+        resources = []
+        for resource in ",".join(words[1:]).split(","):
+            name, eq, value = resource.partition("=")
+            if eq and name.strip() in SCALED_RESOURCES:
+                mib = math.ceil(parse_memory(value) * factor / 2**20)
+                resource = f"{name.strip()}={mib}M"
+            resources.append(resource)
+        scaled.append("-l " + ",".join(resources))
+    return tuple(scaled)
+
+
 def chunks(n_tasks: int, size: int) -> list[tuple[int, int]]:
-    """1-based index ranges of at most ``size`` tasks covering 1..n_tasks."""
+    """1-based index ranges of at most ``size`` tasks covering 1..n_tasks (0: no limit)."""
+    size = size if size > 0 else n_tasks
     return [(start, min(start + size - 1, n_tasks)) for start in range(1, n_tasks + 1, size)]
+
+
+def checked_job_ids(job_ids: list[str]) -> list[str]:
+    """``job_ids`` if every one is a Grid Engine job number (they reach a shell)."""
+    for job_id in job_ids:
+        if not JOB_ID.fullmatch(job_id):
+            raise SubmitError(f"{job_id!r} is not a Grid Engine job id; refusing to use it")
+    return job_ids
 
 
 class GridEngine:
     name = "gridengine"
+    job_end_kills_tasks = True  # qdel or the end of a job kills its tasks' process trees
+    takes_retries = False
 
-    def __init__(self, remote: Remote) -> None:
-        self.remote = remote
+    def __init__(self, remote: Callable[[], Remote]) -> None:
+        self._remote = remote  # the session's: connected again if it broke
         self._zipapp_path: str | None = None
+
+    @property
+    def remote(self) -> Remote:
+        return self._remote()
 
     def _absolute(self, path: str) -> str:
         return path if posixpath.isabs(path) else posixpath.join(self.remote.home(), path)
 
     def max_array(self) -> int:
+        """Grid Engine's max_aj_tasks (0: no limit), or its default if qconf cannot tell."""
         result = self.remote.run("qconf -sconf")
         match = re.search(r"^max_aj_tasks\s+(\d+)", result.stdout, re.MULTILINE)
         return int(match.group(1)) if result.exit_status == 0 and match else DEFAULT_MAX_ARRAY
@@ -190,70 +247,90 @@ class GridEngine:
 
     def submit(self, job: ArrayJob) -> list[str]:
         settings = job.settings
+        if settings.ship_worker and self._zipapp_path is None:  # a later process: retries
+            self._zipapp_path = self._zipapp(self._absolute(settings.ssh_dir))
+        ge_opts = scale_memory(settings.ge_opts, job.memory_factor)
         job_dir = self._job_dir(settings, job.name)
-        job_file = posixpath.join(job_dir, "job.json")
-        worker_job = replace(job.job_file, memory_limit=memory_limit(settings.ge_opts))
+        job_file = posixpath.join(job_dir, f"job-{job.label}.json")
+        worker_job = replace(job.job_file, memory_limit=memory_limit(ge_opts))
         self.remote.put(job_file, worker_job.dumps().encode(), 0o600)
         app = self._zipapp_path
         job_ids: list[str] = []
         try:
-            for part, (first, last) in enumerate(chunks(job.n_tasks, self.max_array()), 1):
+            for part, (first, last) in enumerate(chunks(job.size, self.max_array()), 1):
                 script = render(JobScript(settings.worker_python, first, last,
-                                          f"sheepdog-{job.request_id}", settings.ge_opts,
-                                          job_file, app))
-                script_path = posixpath.join(job_dir, f"job-{part}.py")
+                                          f"sheepdog-{job.request_id}", ge_opts, job_file, app))
+                script_path = posixpath.join(job_dir, f"job-{job.label}-{part}.py")
                 self.remote.put(script_path, script.encode(), 0o600)
-                stdout = run_checked(self.remote, qsub_command(script_path, job_dir,
-                                                                settings.ge_opts))
+                stdout = run_checked(self.remote, qsub_command(script_path, job_dir, ge_opts))
                 job_ids.append(parse_job_id(stdout))
         except BaseException:
-            self.cancel(job_ids)
-            self.remote.remove(job_file)  # it holds the broker password
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                self.cancel(job_ids)
+                self.remote.remove(job_file)  # it holds the broker password
             raise
         return job_ids
 
     def cancel(self, job_ids: list[str]) -> None:
         if job_ids:
-            result = self.remote.run(f"{CANCEL_COMMAND} {' '.join(job_ids)}")
-            if result.exit_status != 0 and "does not exist" not in result.stderr + result.stdout:
+            result = self.remote.run(f"{CANCEL_COMMAND} {' '.join(checked_job_ids(job_ids))}")
+            if result.exit_status != 0 and GONE not in result.stderr + result.stdout:
                 check(self.remote, result)
 
     def _job_dir(self, settings: Settings, name: str) -> str:
         return posixpath.join(self._absolute(settings.ssh_dir), "jobs", name)
 
-    def _accounting(self, job_ids: list[str], index: int) -> str:
-        """Grid Engine's record of how task ``index`` ended (qacct), if it ran."""
-        for job_id in job_ids:
-            result = self.remote.run(f"qacct -j {job_id} -t {index}")
-            fields = dict(
-                line.split(None, 1) for line in result.stdout.splitlines() if len(line.split()) > 1
-            )
-            if result.exit_status == 0 and "exit_status" in fields:
-                return (f"qacct: exit_status {fields['exit_status'].strip()},"
-                        f" failed {fields.get('failed', '?').strip()}")
+    def _accounting(self, job_id: str, index: str) -> str:
+        """Grid Engine's record of how array task ``index`` of ``job_id`` ended, if it ran."""
+        result = self.remote.run(f"qacct -j {job_id} -t {index}")
+        fields = dict(
+            line.split(None, 1) for line in result.stdout.splitlines() if len(line.split()) > 1
+        )
+        if result.exit_status == 0 and "exit_status" in fields:
+            return (f"qacct: exit_status {fields['exit_status'].strip()},"
+                    f" failed {fields.get('failed', '?').strip()}")
         return ""
 
-    def last_words(self, settings: Settings, name: str, job_ids: list[str], index: int) -> str:
+    def last_words(self, settings: Settings, name: str, job_ref: str) -> str:
+        match = JOB_REF.fullmatch(job_ref)
+        if not match:
+            return ""
+        job_id, index = match.groups()
         job_dir = shlex.quote(self._job_dir(settings, name))
-        files = " ".join(f"{job_dir}/*.e{job_id}.{index}" for job_id in job_ids)
-        stderr = self.remote.run(f"tail -q -n 5 {files} 2>/dev/null").stdout.strip()
-        accounting = self._accounting(job_ids, index)
+        stderr = self.remote.run(
+            f"tail -q -n 5 {job_dir}/*.e{job_id}.{index} 2>/dev/null"
+        ).stdout.strip()
+        accounting = self._accounting(job_id, index)
         return "\n".join(part for part in (accounting, stderr) if part)
 
     def forget(self, settings: Settings, name: str) -> None:
-        self.remote.remove(posixpath.join(self._job_dir(settings, name), "job.json"))
+        job_dir = self._job_dir(settings, name)
+        for file_name in self.remote.list(job_dir):
+            if file_name.startswith("job-") and file_name.endswith(".json"):
+                self.remote.remove(posixpath.join(job_dir, file_name))
 
     def state(self, job_ids: list[str]) -> JobState:
-        alive, waiting = False, None
-        for job_id in job_ids:
-            result = self.remote.run(f"qstat -j {job_id}")
+        active: set[str] = set()
+        ended: set[str] = set()
+        unknown = waiting = None
+        for job_id in checked_job_ids(job_ids):
+            try:
+                result = self.remote.run(f"qstat -j {job_id}")
+            except RemoteUnavailable as exc:
+                return JobState(frozenset(active), frozenset(ended), unknown=str(exc))
+            said = (result.stderr.strip() or result.stdout.strip())[-300:]
             if result.exit_status != 0:
-                continue  # finished, or deleted: no longer known to qstat
-            alive = True
+                if GONE in result.stderr + result.stdout:
+                    ended.add(job_id)
+                else:
+                    unknown = f"qstat -j {job_id} on {self.remote.where}: {said}"
+                continue
+            active.add(job_id)
             reasons = re.findall(r"^error reason\s+[\d,-]*:?\s*(.+)$", result.stdout, re.MULTILINE)
             if reasons:
-                return JobState(True, f"Grid Engine job {job_id} is in error state: {reasons[0]}")
+                return JobState(frozenset(active), frozenset(ended), unknown, problem=(
+                    f"Grid Engine job {job_id} is in error state: {reasons[0]}"))
             info = re.search(r"^scheduling info:\s*(.+)$", result.stdout, re.MULTILINE)
             if info and not re.search(r"^usage\s", result.stdout, re.MULTILINE):
                 waiting = f"Grid Engine job {job_id} is waiting: {info.group(1).strip()}"
-        return JobState(alive, None, waiting)
+        return JobState(frozenset(active), frozenset(ended), unknown, waiting=waiting)

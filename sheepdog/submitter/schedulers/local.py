@@ -2,16 +2,20 @@
 
 ``submit`` starts ``local_runner`` as a daemon (double fork, its own session),
 which plays the part of Grid Engine's execution daemon: it starts one worker
-process per array task, at most ``local_workers`` at a time, each exactly as a
-node would (``python -m sheepdog.worker_bootstrap JOB_FILE`` with the task index
-in the scheduler's environment variable). The runner outlives the submitting
-process, so ``map_async`` may return and Python exit. Its job id is
-``host:pid``.
+process per task, at most ``local_workers`` at a time, each exactly as a node
+would (``python -m sheepdog.worker_bootstrap JOB_FILE`` with the task index in
+the scheduler's environment variable). The runner outlives the submitting
+process, so ``map_async`` may return and Python exit.
+
+A job id is ``host:pid:start``, where ``start`` is the boot id and the
+process's start time: a pid reused after the runner died (or after a reboot)
+is never taken for the runner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -24,39 +28,67 @@ from sheepdog.submitter import paths
 from sheepdog.submitter.config import Settings
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 
-
-def _parse(job_id: str) -> tuple[str, int]:
-    host, _, pid = job_id.rpartition(":")
-    return host, int(pid)
+#: The job file every worker of a local request reads (one per request).
+JOB_FILE = "job.json"
 
 
-def _pid_alive(pid: int) -> bool:
+def process_start(pid: int) -> str:
+    """'<boot id>-<start time>' of process ``pid``; '' if it does not exist (or no /proc)."""
     try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a dead runner stays a zombie until init reaps it
+        return ""
+    return f"{boot}-{fields[19]}"
+
+
+def job_id_for(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{process_start(pid) or '-'}"
+
+
+def _parse(job_id: str) -> tuple[str, int, str]:
+    parts = job_id.split(":")
+    if len(parts) == 2:  # written by an earlier sheepdog
+        parts.append("-")
+    host, pid, start = parts[-3:]
+    if not pid.isdigit():
+        raise SubmitError(f"{job_id!r} is not a local job id")
+    return host, int(pid), start
+
+
+def _alive(pid: int, start: str) -> bool:
+    if start != "-" and Path("/proc").is_dir():
+        return process_start(pid) == start
+    try:  # no /proc (macOS): signal 0 is all we can tell
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A dead runner stays a zombie until init reaps it, which can take seconds.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): signal 0 is all we can tell
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 class LocalScheduler:
     name = "local"
+    job_end_kills_tasks = False  # workers outlive a runner killed on its own
+    takes_retries = True  # a running runner takes the request's retries
 
     def prepare(self, settings: Settings) -> None:
         pass  # a wrong 'shell' shows as lost tasks with the reason (it cannot be probed cheaper)
 
     def submit(self, job: ArrayJob) -> list[str]:
-        job_file = job.local_dir / "job.json"
-        job.job_file.dump(job_file)
+        job_file = job.local_dir / JOB_FILE
+        if not job_file.exists():
+            job.job_file.dump(job_file)  # the same for every job of the request
+        tasks_file = job.local_dir / f"tasks-{job.label}.json"
+        indices = job.job_file.indices or list(range(1, job.size + 1))
+        tasks_file.write_text(json.dumps(indices))
         command = [
             sys.executable, "-m", "sheepdog.submitter.schedulers.local_runner", "--detach",
-            str(job_file), str(job.n_tasks), str(job.settings.workers),
+            str(job_file), str(tasks_file), str(job.settings.workers),
             job.settings.worker_python, str(job.local_dir / "runner.log"),
         ]
         # Like multiprocessing's spawn: workers see the submitter's cwd and sys.path,
@@ -70,28 +102,33 @@ class LocalScheduler:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SubmitError(f"cannot start the local runner: {exc}") from exc
-        if proc.returncode != 0 or not proc.stdout.strip().isdigit():
+        if proc.returncode != 0 or not proc.stdout.split():
             raise SubmitError(
                 f"the local runner did not start (exit status {proc.returncode}):"
                 f" {proc.stderr.strip()[-2000:]}"
             )
-        return [f"{socket.gethostname()}:{int(proc.stdout)}"]
+        return [proc.stdout.split()[0]]
 
     def cancel(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
-            host, pid = _parse(job_id)
-            if host == socket.gethostname():
+            host, pid, start = _parse(job_id)
+            if host == socket.gethostname() and _alive(pid, start):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)  # the runner and its workers
 
-    def last_words(self, settings: Settings, name: str, job_ids: list[str], index: int) -> str:
+    def last_words(self, settings: Settings, name: str, job_ref: str) -> str:
         return ""  # the runner itself records a dead worker's output with its task
 
     def forget(self, settings: Settings, name: str) -> None:
-        (paths.job_dir(name) / "job.json").unlink(missing_ok=True)
+        (paths.job_dir(name) / JOB_FILE).unlink(missing_ok=True)
 
     def state(self, job_ids: list[str]) -> JobState:
-        hosts_pids = [_parse(j) for j in job_ids]
-        if any(host != socket.gethostname() for host, _ in hosts_pids):
-            return JobState(None)
-        return JobState(any(_pid_alive(pid) for _, pid in hosts_pids))
+        active: set[str] = set()
+        ended: set[str] = set()
+        for job_id in job_ids:
+            host, pid, start = _parse(job_id)
+            if host != socket.gethostname():
+                return JobState(frozenset(active), frozenset(ended),
+                                unknown=f"local job {job_id} runs on another machine")
+            (active if _alive(pid, start) else ended).add(job_id)
+        return JobState(frozenset(active), frozenset(ended))
