@@ -6,6 +6,9 @@
 - ``server_url``: a separate valkey-server (or ``$SHEEPDOG_TEST_SERVER``,
   e.g. Debian's /usr/bin/redis-server) on a loopback TCP port with a password,
   standing for a shared broker; flushed before every test that uses it.
+- ``testbed``, ``ssh_home``, ``broker``, ``config``: the project's test
+  cluster (testbed/up: Son of Grid Engine, sshd, Redis). Without it these
+  skip, except under CI, where they fail: CI must bring the cluster up.
 """
 
 from __future__ import annotations
@@ -99,4 +102,76 @@ def run_python(code: str, *, cwd: Path, timeout: float = 120) -> subprocess.Comp
     return subprocess.run(
         [sys.executable, str(script)], cwd=cwd, capture_output=True, text=True,
         timeout=timeout, check=False,
+    )
+
+
+# -- the test cluster (testbed/up) ------------------------------------------------
+
+ENV_FILE = Path(os.environ.get("SHEEPDOG_TESTBED_ENV", "/etc/sheepdog-testbed/env"))
+
+
+def _testbed() -> dict[str, str]:
+    if not ENV_FILE.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{ENV_FILE} is missing: CI must bring the test cluster up (testbed/up)")
+        pytest.skip("no test cluster: run testbed/up as root to bring one up")
+    pairs = (line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+@pytest.fixture(scope="module")
+def testbed() -> dict[str, str]:
+    found = _testbed()
+    client = redis.Redis.from_url(found["SHEEPDOG_TESTBED_BROKER_URL"])
+    client.flushall()  # the testbed's own broker: start from an empty one
+    client.close()
+    return found
+
+
+@pytest.fixture
+def ssh_home(testbed: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME whose ~/.ssh/config names the head node 'testbed', with its host keys known."""
+    home = tmp_path / "home"
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(parents=True, mode=0o700)
+    (ssh_dir / "known_hosts").write_text(Path(testbed["SHEEPDOG_TESTBED_KNOWN_HOSTS"]).read_text())
+    (ssh_dir / "config").write_text(
+        "Host testbed\n"
+        f"  HostName {testbed['SHEEPDOG_TESTBED_SSH_HOST']}\n"
+        f"  Port {testbed['SHEEPDOG_TESTBED_SSH_PORT']}\n"
+        f"  User {testbed['SHEEPDOG_TESTBED_SSH_USER']}\n"
+        f"  IdentityFile {testbed['SHEEPDOG_TESTBED_SSH_KEY']}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+@pytest.fixture
+def broker(testbed: dict[str, str]) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(testbed["SHEEPDOG_TESTBED_BROKER_URL"])
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def config(testbed: dict[str, str], ssh_home: Path, tmp_path: Path) -> dict[str, object]:
+    return {
+        "host": "testbed",
+        "broker_url": testbed["SHEEPDOG_TESTBED_BROKER_URL"],
+        "shell": testbed["SHEEPDOG_TESTBED_BARE_PYTHON"],
+        "dbfile": str(tmp_path / "results.sqlite"),
+    }
+
+
+def testbed_ssh(testbed: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    """A command on the head node as the submit user, through OpenSSH (not sheepdog)."""
+    return subprocess.run(
+        ["ssh", "-p", testbed["SHEEPDOG_TESTBED_SSH_PORT"], "-i",
+         testbed["SHEEPDOG_TESTBED_SSH_KEY"], "-o", "BatchMode=yes",
+         "-o", f"UserKnownHostsFile={testbed['SHEEPDOG_TESTBED_KNOWN_HOSTS']}",
+         "-o", "StrictHostKeyChecking=yes",
+         f"{testbed['SHEEPDOG_TESTBED_SSH_USER']}@{testbed['SHEEPDOG_TESTBED_SSH_HOST']}",
+         command],
+        capture_output=True, text=True, timeout=60, check=False,
     )

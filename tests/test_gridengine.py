@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,74 +22,7 @@ import sheepdog
 from sheepdog.errors import RequestFailed, SSHError, SubmitError, TaskErrors
 from sheepdog.submitter.store import Store
 
-ENV_FILE = Path(os.environ.get("SHEEPDOG_TESTBED_ENV", "/etc/sheepdog-testbed/env"))
-
-
-def _testbed() -> dict[str, str]:
-    if not ENV_FILE.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{ENV_FILE} is missing: CI must bring the test cluster up (testbed/up)")
-        pytest.skip("no test cluster: run testbed/up as root to bring one up")
-    pairs = (line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
-@pytest.fixture(scope="module")
-def testbed() -> dict[str, str]:
-    found = _testbed()
-    client = redis.Redis.from_url(found["SHEEPDOG_TESTBED_BROKER_URL"])
-    client.flushall()  # the testbed's own broker: start from an empty one
-    client.close()
-    return found
-
-
-@pytest.fixture
-def ssh_home(testbed: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A HOME whose ~/.ssh/config names the head node 'testbed', with its host keys known."""
-    home = tmp_path / "home"
-    ssh_dir = home / ".ssh"
-    ssh_dir.mkdir(parents=True, mode=0o700)
-    (ssh_dir / "known_hosts").write_text(Path(testbed["SHEEPDOG_TESTBED_KNOWN_HOSTS"]).read_text())
-    (ssh_dir / "config").write_text(
-        "Host testbed\n"
-        f"  HostName {testbed['SHEEPDOG_TESTBED_SSH_HOST']}\n"
-        f"  Port {testbed['SHEEPDOG_TESTBED_SSH_PORT']}\n"
-        f"  User {testbed['SHEEPDOG_TESTBED_SSH_USER']}\n"
-        f"  IdentityFile {testbed['SHEEPDOG_TESTBED_SSH_KEY']}\n"
-    )
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    return home
-
-
-@pytest.fixture
-def broker(testbed: dict[str, str]) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(testbed["SHEEPDOG_TESTBED_BROKER_URL"])
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def config(testbed: dict[str, str], ssh_home: Path, tmp_path: Path) -> dict[str, object]:
-    return {
-        "host": "testbed",
-        "broker_url": testbed["SHEEPDOG_TESTBED_BROKER_URL"],
-        "shell": testbed["SHEEPDOG_TESTBED_BARE_PYTHON"],
-        "dbfile": str(tmp_path / "results.sqlite"),
-    }
-
-
-def _ssh(testbed: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
-    """A command on the head node as the submit user, through OpenSSH (not sheepdog)."""
-    return subprocess.run(
-        ["ssh", "-p", testbed["SHEEPDOG_TESTBED_SSH_PORT"], "-i",
-         testbed["SHEEPDOG_TESTBED_SSH_KEY"], "-o", "BatchMode=yes",
-         "-o", f"UserKnownHostsFile={testbed['SHEEPDOG_TESTBED_KNOWN_HOSTS']}",
-         "-o", "StrictHostKeyChecking=yes",
-         f"{testbed['SHEEPDOG_TESTBED_SSH_USER']}@{testbed['SHEEPDOG_TESTBED_SSH_HOST']}",
-         command],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
+from .conftest import testbed_ssh as _ssh
 
 
 def add(a: int, b: int) -> int:
