@@ -37,6 +37,8 @@ def connect(url: str, *, attempts: int = 1, retry_delay: float = 1.0) -> redis.R
                 raise urls.needs_password(url) from exc
             raise urls.unreachable(url, exc) from exc
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise urls.unverified(url, exc) from exc  # it will not verify next time
             last = exc
             if attempt + 1 < attempts:
                 time.sleep(retry_delay)

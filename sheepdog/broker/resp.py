@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sheepdog.broker import urls
+from sheepdog.errors import BrokerError
 
 #: Seconds to wait for a connect or a reply.
 TIMEOUT = 30.0
@@ -39,6 +40,44 @@ def _encode(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
+#: ``ssl_cert_reqs`` values, as redis-py reads them.
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def tls_context(url: str) -> ssl.SSLContext:
+    """The TLS context for a ``rediss://`` URL, from its ``ssl_*`` query parameters.
+
+    Read as redis-py reads them, so that a URL the submitter connects with
+    works in the workers too: ``ssl_ca_certs`` (CA file), ``ssl_ca_path`` (CA
+    directory), ``ssl_cert_reqs`` (``none``, ``optional``, ``required``),
+    ``ssl_check_hostname`` (``false``, ``no``, ``0`` turn it off),
+    ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_password`` (a client
+    certificate). A missing or unreadable file is a BrokerError naming it.
+    """
+    query = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+    reqs = query.get("ssl_cert_reqs", "required").lower()
+    if reqs not in _CERT_REQS:
+        raise BrokerError(f"broker_url {urls.redact(url)!r}: ssl_cert_reqs must be one of "
+                          f"{', '.join(_CERT_REQS)}, not {reqs!r}")
+    context = ssl.create_default_context()
+    context.check_hostname = _CERT_REQS[reqs] != ssl.CERT_NONE and query.get(
+        "ssl_check_hostname", "").upper() not in ("0", "F", "FALSE", "N", "NO")
+    context.verify_mode = _CERT_REQS[reqs]
+    certfile, keyfile = query.get("ssl_certfile"), query.get("ssl_keyfile")
+    cafile, capath = query.get("ssl_ca_certs"), query.get("ssl_ca_path")
+    try:
+        if certfile or keyfile:
+            context.load_cert_chain(certfile or "", keyfile, query.get("ssl_password"))
+        if cafile or capath:
+            context.load_verify_locations(cafile, capath)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        files = ", ".join(f"{k}={v}" for k, v in query.items() if k.startswith("ssl_")
+                          and k != "ssl_password")
+        raise BrokerError(f"broker_url {urls.redact(url)!r}: cannot load the TLS files"
+                          f" ({files}): {exc}") from exc
+    return context
+
+
 def _open_socket(url: str, timeout: float) -> socket.socket:
     parts = urlsplit(url)
     if parts.scheme == "unix":
@@ -47,14 +86,14 @@ def _open_socket(url: str, timeout: float) -> socket.socket:
         sock.connect(parts.path)
         return sock
     host = parts.hostname or "localhost"
+    context = tls_context(url) if parts.scheme == "rediss" else None  # before any socket
     sock = socket.create_connection((host, parts.port or 6379), timeout=timeout)
-    if parts.scheme == "rediss":
-        query = parse_qs(parts.query)
-        context = ssl.create_default_context(cafile=query.get("ssl_ca_certs", [None])[0])
-        if query.get("ssl_cert_reqs", [""])[0].lower() == "none":
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        sock = context.wrap_socket(sock, server_hostname=host)
+    if context is not None:
+        try:
+            sock = context.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 
@@ -126,7 +165,9 @@ def transient(exc: BaseException) -> bool:
     """Whether retrying later may succeed where ``exc`` failed."""
     if isinstance(exc, RespError):
         return str(exc).startswith(TRANSIENT_REPLIES)
-    return isinstance(exc, OSError)  # ConnectionError, timeouts and TLS errors
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return False  # the wrong CA or name: it will not verify in a moment either
+    return isinstance(exc, OSError)  # ConnectionError, timeouts and other TLS errors
 
 
 def connect(url: str, *, patience: float = 0.0, retry_delay: float = 0.5) -> RespClient:
@@ -152,4 +193,6 @@ def _connect_error(url: str, exc: BaseException) -> Exception:
         return urls.refused_password(url, exc)
     if text.startswith("NOAUTH"):
         return urls.needs_password(url)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return urls.unverified(url, exc)
     return urls.unreachable(url, exc)

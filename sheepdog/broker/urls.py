@@ -5,7 +5,8 @@ No redis-py here: workers import this module.
 Accepted URLs (the same as redis-py's):
 
 - ``redis://[[user]:password@]host[:port][/db]``
-- ``rediss://...`` the same over TLS
+- ``rediss://...`` the same over TLS, with redis-py's ``ssl_*`` query parameters
+  (``ssl_ca_certs=/path/to/ca.pem`` and the rest: ``resp.tls_context``)
 - ``unix://[[user]:password@]/path/to/socket[?db=N]``
 """
 
@@ -18,19 +19,26 @@ from sheepdog.errors import BrokerError
 SCHEMES = ("redis", "rediss", "unix")
 
 
+#: Query parameters that hold a secret: the server's password, a client key's password.
+SECRET_PARAMS = ("password", "ssl_password")
+
+
+def _secret(param: str) -> bool:
+    return param.split("=", 1)[0] in SECRET_PARAMS
+
+
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***``, for messages and files."""
     parts = urlsplit(url)
-    if parts.password is None and "password=" not in parts.query:
+    params = [q for q in parts.query.split("&") if q]
+    if parts.password is None and not any(_secret(q) for q in params):
         return url
     netloc = parts.netloc
     if parts.password is not None:
         user = parts.username or ""
         host = parts.hostname or ""
         netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    query = "&".join(
-        "password=***" if q.startswith("password=") else q for q in parts.query.split("&") if q
-    )
+    query = "&".join(q.split("=", 1)[0] + "=***" if _secret(q) else q for q in params)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -62,6 +70,15 @@ def unreachable(url: str, detail: object) -> BrokerError:
     return BrokerError(
         f"cannot reach the broker at {redact(url)}: {detail}. Is the server running, and is"
         " this address reachable from here? Check broker_url."
+    )
+
+
+def unverified(url: str, detail: object) -> BrokerError:
+    return BrokerError(
+        f"the broker at {redact(url)} sent a TLS certificate that does not verify: {detail}."
+        " Give the CA that signed it in broker_url's query as ssl_ca_certs=/path/to/ca.pem"
+        " (a file that must exist where the workers run too), and connect by a name or address"
+        " the certificate holds (or set ssl_check_hostname=false)."
     )
 
 
