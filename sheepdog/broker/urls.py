@@ -75,7 +75,8 @@ def unreachable(url: str, detail: object) -> BrokerError:
 
 def unverified(url: str, detail: object) -> BrokerError:
     return BrokerError(
-        f"the broker at {redact(url)} sent a TLS certificate that does not verify: {detail}."
+        f"the broker at {redact(url)} sent a TLS certificate that does not verify:"
+        f" {str(detail).rstrip('.')}."
         " Give the CA that signed it in broker_url's query as ssl_ca_certs=/path/to/ca.pem"
         " (a file that must exist where the workers run too), and connect by a name or address"
         " the certificate holds (or set ssl_check_hostname=false)."

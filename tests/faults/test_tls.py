@@ -429,7 +429,8 @@ def test_map_with_the_wrong_ca_raises_broker_error_and_stores_nothing(
     assert time.monotonic() - started < 5
     message = str(caught.value)
     assert "CERTIFICATE_VERIFY_FAILED" in message
-    assert "certificate verify failed" in message
+    assert "certificate verify failed: unable to get local issuer certificate" in message
+    assert ".." not in message
     assert f"rediss://:***@127.0.0.1:{tls.port}/0" in message
     assert tls.password not in message
     assert "ssl_ca_certs=/path/to/ca.pem" in message  # says how to fix it
