@@ -28,6 +28,8 @@ _EXPORTS = {
     "get_results": "sheepdog.submitter.api",
     "get_errors": "sheepdog.submitter.api",
     "cancel": "sheepdog.submitter.api",
+    "resubmit": "sheepdog.submitter.api",
+    "TaskError": "sheepdog.submitter.api",
     "Settings": "sheepdog.submitter.config",
     "SheepdogError": "sheepdog.errors",
     "ConfigError": "sheepdog.errors",
@@ -58,7 +60,15 @@ if TYPE_CHECKING:
         TaskErrors,
         TaskFailure,
     )
-    from sheepdog.submitter.api import cancel, get_errors, get_results, map, map_async
+    from sheepdog.submitter.api import (
+        TaskError,
+        cancel,
+        get_errors,
+        get_results,
+        map,
+        map_async,
+        resubmit,
+    )
     from sheepdog.submitter.config import Settings
 
 

@@ -117,8 +117,8 @@ def test_public_api_is_what_we_document() -> None:
     assert sheepdog.__all__ == sorted([
         "BrokerError", "ConfigError", "IntegrityError", "RequestFailed", "RequestNotFound",
         "ResultsTimeout", "SerialisationError", "Settings", "SheepdogError", "SubmitError",
-        "TaskErrors", "TaskFailure", "__version__", "cancel", "get_errors", "get_results",
-        "map", "map_async",
+        "TaskError", "TaskErrors", "TaskFailure", "__version__", "cancel", "get_errors",
+        "get_results", "map", "map_async", "resubmit",
     ])
     for name in sheepdog.__all__:
         assert getattr(sheepdog, name) is not None

@@ -25,6 +25,12 @@ PUSH_BATCH = 2000
 
 StreamEntry = tuple[str, dict[str, bytes]]
 
+#: Redis's and Valkey's default proto-max-bulk-len: bytes in one value.
+DEFAULT_MAX_VALUE = 512 * 2**20
+
+#: Bytes of a result's record besides the value (fields, output tails, the script).
+RECORD_OVERHEAD = 64 * 1024
+
 #: redis-py annotates replies as unions of its sync and async types; replies
 #: are read into variables of this type and converted right away.
 Reply = Any
@@ -202,6 +208,14 @@ class Broker:
     def put_back_retries(self, request_id: int, waiting: Mapping[int, int]) -> None:
         if waiting and self.request_exists(request_id):
             self.client.hset(keys.retry(request_id), mapping=dict(waiting))  # type: ignore[arg-type]
+
+    def max_value_size(self) -> int:
+        """Bytes the broker accepts in one value (its proto-max-bulk-len), if it says."""
+        try:
+            found: Reply = self.client.config_get("proto-max-bulk-len")
+            return int(found["proto-max-bulk-len"])
+        except (redis.ResponseError, KeyError, ValueError):  # not allowed, or not said
+            return DEFAULT_MAX_VALUE
 
     def broker_time(self) -> float:
         seconds, micros = self.client.time()

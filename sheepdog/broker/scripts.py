@@ -25,7 +25,9 @@ end
 local function parse_claim(text)
   if not text then return nil end
   local a, f, l, h = string.match(text, '^(%d+) (%d+) (%d+) (%S+)')
-  return {attempt = tonumber(a), first = tonumber(f), level = tonumber(l), holder = h}
+  local rest = string.match(text, '^%d+ %d+ %d+ %S+ (.*)$') or ''
+  return {attempt = tonumber(a), first = tonumber(f), level = tonumber(l), holder = h,
+          rest = rest}
 end
 """
 
@@ -120,7 +122,9 @@ if retry then
   if cause == 'memory' then level = level + 1 end
   entry[#entry + 1] = 'next'
   entry[#entry + 1] = 'retry'
-  redis.call('HSET', KEYS[6], idx, table.concat({attempt, first, level, '-'}, ' '))
+  -- Nobody holds it now; who last did (started, host, pid, job) stays for the record.
+  local rest = claim and claim.rest or ''
+  redis.call('HSET', KEYS[6], idx, table.concat({attempt, first, level, '-', rest}, ' '))
   redis.call('HSET', KEYS[7], idx, level)
   redis.call('HINCRBY', KEYS[1], 'n_retried', 1)
   redis.call('XADD', KEYS[4], '*', unpack(entry))

@@ -54,7 +54,7 @@ def check_url(url: str) -> None:
 
 def refused_password(url: str, detail: object) -> BrokerError:
     return BrokerError(
-        f"the broker at {redact(url)} refused the password: {detail}."
+        f"the broker at {redact(url)} refused the password: {_said(detail)}."
         " Check the password in broker_url."
     )
 
@@ -68,7 +68,7 @@ def needs_password(url: str) -> BrokerError:
 
 def unreachable(url: str, detail: object) -> BrokerError:
     return BrokerError(
-        f"cannot reach the broker at {redact(url)}: {detail}. Is the server running, and is"
+        f"cannot reach the broker at {redact(url)}: {_said(detail)}. Is the server running, and is"
         " this address reachable from here? Check broker_url."
     )
 
@@ -90,3 +90,8 @@ def with_user(url: str, user: str, password: str) -> str:
     query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("password="))
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _said(detail: object) -> str:
+    """An error's text, for the middle of a sentence (no full stop of its own)."""
+    return str(detail).rstrip().rstrip(".")

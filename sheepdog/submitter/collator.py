@@ -64,11 +64,12 @@ class Collator:
             self._save(entries)
         return len(entries)
 
-    def resync(self) -> None:
-        """Write every entry of the stream again, whatever was acknowledged."""
+    def resync(self) -> int:
+        """Write every entry of the stream again, whatever was acknowledged; how many."""
         entries = self.broker.all_results(self.stream)
         for start in range(0, len(entries), BATCH):
             self._save(entries[start : start + BATCH])
+        return len(entries)
 
     def _save(self, entries: list[StreamEntry]) -> None:
         finals: list[Row] = []

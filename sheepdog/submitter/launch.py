@@ -13,7 +13,7 @@ import sys
 
 import redis
 
-from sheepdog.broker.client import Broker
+from sheepdog.broker.client import RECORD_OVERHEAD, Broker
 from sheepdog.broker.urls import with_user
 from sheepdog.errors import SheepdogError, SubmitError
 from sheepdog.submitter import paths
@@ -48,7 +48,7 @@ def worker_access(broker: Broker, key: bytes, row: RequestRow, url: str) -> tupl
 
 
 def launch(
-    session: Session, row: RequestRow, key: bytes, worker_url: str, *,
+    session: Session, broker: Broker, row: RequestRow, key: bytes, worker_url: str, *,
     indices: list[int] | None, level: int = 0, label: str = "main",
 ) -> list[str]:
     """Start an array job over ``indices`` (None: every task); return its job ids."""
@@ -59,6 +59,7 @@ def launch(
         scheduler=settings.scheduler_name, indices=indices, level=level,
         heartbeat_interval=settings.heartbeat_interval, lease_timeout=settings.lease_timeout,
         broker_patience=settings.broker_patience,
+        max_payload=broker.max_value_size() - RECORD_OVERHEAD,
     )
     job = ArrayJob(
         row.broker_request, row.n_tasks if indices is None else len(indices), name, label,

@@ -60,7 +60,7 @@ def push_again(request: OpenRequest, indices: list[int], *, fresh: bool, label: 
     meta = request_meta(row, session.settings, user)
     broker.push_request(new_id, meta, store.function_payload(row.request_id), pushed,
                         placeholders)
-    job_ids = launch(session, row, key, worker_url, indices=indices, label=label)
+    job_ids = launch(session, broker, row, key, worker_url, indices=indices, label=label)
     joined = ",".join(job_ids)
     broker.queued(new_id, joined)
     request.update(job_ids=joined)

@@ -159,9 +159,8 @@ def _finalise(request: OpenRequest) -> str:
     return status
 
 
-def _resync(request: OpenRequest) -> None:
-    """The broker has every outcome but the dbfile does not: read the whole stream again."""
-    request.collator().resync()
+def _check_resynced(request: OpenRequest) -> None:
+    """After reading the whole stream again: every outcome, or say which are gone."""
     done, total = request.done(), request.row.n_tasks
     if done < total:
         rid = request.request_id
@@ -222,20 +221,30 @@ class _Waiter:
             self._collator = self.request.collator()
         return self._collator
 
-    def collate(self) -> None:
-        """One batch, or a pause if the broker or the dbfile cannot be used right now."""
+    def collate(self) -> int | None:
+        """Collate one batch: its size, or None (after a pause) if the broker or the
+        dbfile cannot be used right now."""
+        return self._tolerating(lambda: self.collator().step(block_ms=250))
+
+    def resync(self) -> None:
+        """Read the whole stream again: the broker has outcomes the dbfile never got."""
+        if self._tolerating(lambda: self.collator().resync()) is not None:
+            _check_resynced(self.request)
+
+    def _tolerating(self, step: Callable[[], int]) -> int | None:
         try:
-            self.collator().step(block_ms=250)
+            done = step()
         except BROKER_DOWN as exc:
             self.request.disconnect()
             self._collator = None
             self.watch.unreachable("the broker", f"{type(exc).__name__}: {exc}")
-            time.sleep(1.0)
         except sqlite3.OperationalError as exc:  # locked beyond the busy timeout
             self.watch.unreachable(f"the dbfile {self.request.store.path}", str(exc))
-            time.sleep(1.0)
         else:
             self.watch.reachable(f"the dbfile {self.request.store.path}")
+            return done
+        time.sleep(1.0)
+        return None
 
     def finished_on_broker(self) -> bool:
         """The broker says the request is over, though the dbfile lacks outcomes."""
@@ -253,18 +262,21 @@ def _collate_until_done(request: OpenRequest, verbose: bool, timeout: float | No
     hint_at = time.monotonic() + WAITING_HINT_AFTER if verbose else None
     with tqdm(total=total, initial=done, disable=not (verbose and _interactive()),
               unit="task", desc=f"request {request.request_id}", file=sys.stderr) as bar:
-        waiter = _Waiter(request, bar.write if verbose else say_on_stderr)
+        def say(message: str) -> None:
+            bar.write(message, file=sys.stderr)
+
+        waiter = _Waiter(request, say if verbose else say_on_stderr)
         while done < total:
-            waiter.collate()
+            collated = waiter.collate()
             now_done = request.done()
             bar.update(now_done - done)
             done = now_done
             if done >= total:
                 break
             if time.monotonic() >= next_check:
-                if waiter.finished_on_broker():
-                    _resync(request)
-                    break
+                if collated == 0 and waiter.finished_on_broker():
+                    waiter.resync()
+                    continue
                 state = waiter.watch.check()
                 next_check = time.monotonic() + LIVENESS_INTERVAL
                 if hint_at and time.monotonic() >= hint_at and done == initial and state \

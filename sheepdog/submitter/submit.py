@@ -177,7 +177,7 @@ def _push_and_start(
         broker.push_request(rid, request_meta(row, session.settings, user), func_payload,
                             enumerate(pushed, start=1))
         if pushed:
-            job_ids = launch(session, row, key, worker_url, indices=None)
+            job_ids = launch(session, broker, row, key, worker_url, indices=None)
             store.update_request(rid, job_ids=",".join(job_ids))
         broker.queued(rid, ",".join(job_ids))
         store.update_request(rid, status="submitted" if pushed else "done")

@@ -262,7 +262,7 @@ class Watch:
             levels.setdefault(level, []).append(index)
         for level, indices in sorted(levels.items()):
             try:
-                job_ids = launch(request.session, row, request.key, request.worker_url,
+                job_ids = launch(request.session, broker, row, request.key, request.worker_url,
                                  indices=sorted(indices), level=level,
                                  label=f"retry-{int(time.time() * 1000)}")
             except (SheepdogError, OSError) as exc:

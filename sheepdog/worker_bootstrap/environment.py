@@ -50,6 +50,7 @@ class JobFile:
     heartbeat_interval: float = 10.0  # seconds between a running task's heartbeats
     lease_timeout: float = 60.0  # seconds without a heartbeat after which a task is lost
     broker_patience: float = 120.0  # seconds a worker retries a broker that is down
+    max_payload: int = 512 * 2**20  # bytes the broker takes in one value (proto-max-bulk-len)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))

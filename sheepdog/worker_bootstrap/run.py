@@ -31,7 +31,7 @@ from sheepdog.worker_bootstrap.environment import (
     job_reference,
     task_index,
 )
-from sheepdog.worker_bootstrap.link import BrokerLink, Keeper, log
+from sheepdog.worker_bootstrap.link import BrokerLink, BrokerUnavailable, Keeper, log
 
 #: Exit statuses, for the scheduler's accounting.
 EXIT_OK = 0  # an outcome was recorded (the task itself may have failed), or nothing to do
@@ -89,6 +89,14 @@ def memory_limit(limit: int | None) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"SerialisationError: the return value is {size / 2**20:.1f} MiB pickled, more than the"
+        f" broker takes in one value ({limit / 2**20:.1f} MiB: its proto-max-bulk-len). Return"
+        " less - e.g. write large results to a file on shared storage and return its path."
+    )
 
 
 def _memory_error(exc: MemoryError, limit: int) -> str:
@@ -170,18 +178,26 @@ class Attempt:
             payload = codec.encode(value, self.key, codec.VALUE_CONTEXT, what="return value")
         except SheepdogError as exc:
             return "error", "", {"error": f"{type(exc).__name__}: {exc}"}
+        if len(payload) > self.job.max_payload:
+            return "error", "", {"error": _too_large(len(payload), self.job.max_payload)}
         return "ok", "", {"payload": payload}
 
     def record(self, attempt: int, status: str, cause: str, fields: Fields) -> int:
-        job = self.job
         fields.update(host=self.host, pid=str(self.pid), job=self.job_ref,
                       started=f"{self.started:.6f}", finished=f"{time.time():.6f}")
-        signed = signed_fields(self.key, job.token, self.index, attempt, status, cause, fields)
-        written = self.link.call(
-            f"recording task {self.index}",
-            lambda ch: ch.record(job.request_id, job.token, self.index, holder=self.holder,
-                                 attempt=attempt, status=status, cause=cause, fields=signed),
-        )
+        try:
+            written = self._send(attempt, status, cause, fields)
+        except BrokerUnavailable:
+            raise
+        except BrokerError as exc:
+            if status != "ok":
+                raise
+            # The broker refused the result itself (too large for it): say so instead.
+            size = len(fields.pop("payload", b""))
+            fields["error"] = f"SerialisationError: the broker refused this result of {size}" \
+                f" bytes ({exc}). Return less - e.g. write large results to a file on" \
+                " shared storage and return its path."
+            written = self._send(attempt, "error", "", fields)
         if written in (FINAL, RETRIED):
             return EXIT_OK
         log(f"task {self.index} attempt {attempt} ended ({status}) but was not recorded: "
@@ -189,6 +205,15 @@ class Attempt:
                " attempt finished it)" if written == 0 else
                "the request is gone from the broker or was cancelled"))
         return EXIT_NOT_RECORDED
+
+    def _send(self, attempt: int, status: str, cause: str, fields: Fields) -> int:
+        job = self.job
+        signed = signed_fields(self.key, job.token, self.index, attempt, status, cause, fields)
+        return self.link.call(
+            f"recording task {self.index}",
+            lambda ch: ch.record(job.request_id, job.token, self.index, holder=self.holder,
+                                 attempt=attempt, status=status, cause=cause, fields=signed),
+        )
 
     def reject(self, n_tasks: str) -> int:
         reason = (f"task index {self.index} is not part of request {self.job.request_id}"

@@ -21,10 +21,11 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from sheepdog.errors import SubmitError
-from sheepdog.submitter import paths
+from sheepdog.submitter import paths, zipapp
 from sheepdog.submitter.config import Settings
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 
@@ -43,6 +44,16 @@ def process_start(pid: int) -> str:
     if fields[0] == "Z":  # a dead runner stays a zombie until init reaps it
         return ""
     return f"{boot}-{fields[19]}"
+
+
+def _ours(path: str) -> bool:
+    """Whether ``path`` belongs to this interpreter (stdlib, site-packages), not the user."""
+    roots = {sysconfig.get_paths()[name]
+             for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    absolute = os.path.abspath(path)
+    return any(absolute == os.path.abspath(r) or absolute.startswith(os.path.abspath(r) + os.sep)
+               for r in roots | prefixes)
 
 
 def job_id_for(pid: int) -> str:
@@ -90,11 +101,15 @@ class LocalScheduler:
             sys.executable, "-m", "sheepdog.submitter.schedulers.local_runner", "--detach",
             str(job_file), str(tasks_file), str(job.settings.workers),
             job.settings.worker_python, str(job.local_dir / "runner.log"),
+            self._worker(job.settings.worker_python),
         ]
         # Like multiprocessing's spawn: workers see the submitter's cwd and sys.path,
-        # so functions from the user's own modules unpickle there.
-        path = os.pathsep.join(p for p in sys.path if p)
-        env = dict(os.environ, PYTHONPATH=path)
+        # so functions from the user's own modules unpickle there. Another
+        # interpreter gets only the user's own directories, not our stdlib.
+        path = [p for p in sys.path if p]
+        if command[-1] != "-m":
+            path = [p for p in path if not _ours(p)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
         try:
             proc = subprocess.run(
                 command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -109,6 +124,23 @@ class LocalScheduler:
             )
         return [proc.stdout.split()[0]]
 
+    @staticmethod
+    def _worker(python: str) -> str:
+        """How workers start: '-m' (this interpreter has sheepdog), or the zipapp for another.
+
+        Another interpreter ('shell') may not have sheepdog at all: it gets the
+        same one-file worker a cluster node gets.
+        """
+        if os.path.realpath(python) == os.path.realpath(sys.executable):
+            return "-m"
+        data, digest = zipapp.build()
+        path = paths.home() / zipapp.file_name(digest)
+        if not path.exists():
+            temp = path.with_name(f".{path.name}.{os.getpid()}")
+            temp.write_bytes(data)
+            temp.replace(path)
+        return str(path)
+
     def cancel(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
             host, pid, start = _parse(job_id)
@@ -117,7 +149,13 @@ class LocalScheduler:
                     os.killpg(pid, signal.SIGTERM)  # the runner and its workers
 
     def last_words(self, settings: Settings, name: str, job_ref: str) -> str:
-        return ""  # the runner itself records a dead worker's output with its task
+        """The end of the runner's log (a dead worker's output is recorded with its task)."""
+        log = paths.job_dir(name) / "runner.log"
+        try:
+            lines = log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-5:]) if lines else ""
 
     def forget(self, settings: Settings, name: str) -> None:
         (paths.job_dir(name) / JOB_FILE).unlink(missing_ok=True)

@@ -1,7 +1,10 @@
 """The process that runs a local array job (started by ``LocalScheduler.submit``).
 
 ``python -m sheepdog.submitter.schedulers.local_runner
---detach JOB_FILE TASKS_FILE WORKERS PYTHON LOG``
+--detach JOB_FILE TASKS_FILE WORKERS PYTHON LOG WORKER``
+
+WORKER is ``-m`` when PYTHON has sheepdog (``PYTHON -m sheepdog.worker_bootstrap``),
+else the path of the worker zipapp (``PYTHON WORKER JOB_FILE``).
 
 With ``--detach`` it prints the job id of a daemon that does the work and
 exits at once, so the runner belongs to no one's process tree (its process
@@ -18,23 +21,37 @@ request's own credentials.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from sheepdog.broker import keys, resp, scripts
-from sheepdog.broker.tasks import TaskChannel, signed_fields
+from sheepdog.broker import keys, scripts
+from sheepdog.broker.tasks import Claim, TaskChannel, signed_fields
+from sheepdog.errors import BrokerError
 from sheepdog.submitter.schedulers.local import job_id_for
 from sheepdog.worker_bootstrap.capture import tail
 from sheepdog.worker_bootstrap.environment import JOB_ID_VARS, TASK_INDEX_VARS, JobFile
+from sheepdog.worker_bootstrap.link import BrokerLink
+
+#: Seconds between the runner's looks at its workers' claims (and at retries).
+CHECK_INTERVAL = 1.0
+
+
+def _claim_of(request_id: int, index: int, channel: TaskChannel) -> Claim | None:
+    return channel.claim_of(request_id, index)
 
 
 @dataclass
@@ -42,6 +59,7 @@ class Running:
     index: int
     proc: subprocess.Popen[bytes]
     output: IO[bytes]
+    attempt: int = 0  # the attempt it was seen holding, once it claimed its task
 
 
 def exit_reason(returncode: int) -> str:
@@ -54,14 +72,15 @@ def exit_reason(returncode: int) -> str:
 
 
 class LocalRunner:
-    def __init__(self, job_file: Path, indices: list[int], workers: int, python: str) -> None:
+    def __init__(self, job_file: Path, indices: list[int], workers: int, python: str,
+                 worker: str = "-m") -> None:
         self.job_file = job_file
+        self.worker = ["-m", "sheepdog.worker_bootstrap"] if worker == "-m" else [worker]
         self.job = JobFile.load(job_file)
         self.indices = indices
         self.workers = workers
         self.python = python
-        self.client = resp.connect(self.job.broker_url, patience=self.job.broker_patience)
-        self.channel = TaskChannel(self.client)
+        self.link = BrokerLink(self.job.broker_url, self.job.broker_patience)
         self.key = bytes.fromhex(self.job.key)
         self.host = socket.gethostname()
 
@@ -69,7 +88,7 @@ class LocalRunner:
         env = dict(os.environ, **{TASK_INDEX_VARS["local"]: str(index),
                                   JOB_ID_VARS["local"]: str(os.getpid())})
         output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _finished
-        command = [self.python, "-m", "sheepdog.worker_bootstrap", str(self.job_file)]
+        command = [self.python, *self.worker, str(self.job_file)]
         try:
             proc = subprocess.Popen(
                 command, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
@@ -83,11 +102,14 @@ class LocalRunner:
 
     def _lost(self, index: int, pid: int | None, reason: str, output: str) -> None:
         """Record the attempt of ``index`` that worker ``pid`` was running as lost."""
-        claim = self.channel.claim_of(self.job.request_id, index)
-        if claim is not None and claim.holder != "-":
-            if pid is None or claim.pid != str(pid):
-                return  # another worker holds it: not ours to judge
+        rid, token = self.job.request_id, self.job.token
+        claim = self.link.call("reading a claim", lambda ch: ch.claim_of(rid, index))
+        if claim is not None and pid is not None and claim.pid == str(pid):
+            if claim.holder == "-":
+                return  # it claimed its task, and that attempt was declared lost already
             holder, attempt = claim.holder, claim.attempt
+        elif claim is not None and claim.holder != "-":
+            return  # another worker holds it: not ours to judge
         else:  # the worker died before it claimed the task: this was its next attempt
             holder, attempt = "-", (claim.attempt if claim else 0) + 1
         fields = signed_fields(
@@ -95,8 +117,9 @@ class LocalRunner:
             {"error": reason, "stderr": output, "host": self.host, "pid": str(pid or ""),
              "job": f"{os.getpid()}.{index}"},
         )
-        self.channel.record(self.job.request_id, self.job.token, index, holder=holder,
-                            attempt=attempt, status="lost", cause="", fields=fields)
+        self.link.call(f"recording task {index} as lost", lambda ch: ch.record(
+            rid, token, index, holder=holder, attempt=attempt, status="lost", cause="",
+            fields=fields))
 
     def _finished(self, run: Running) -> None:
         code = run.proc.returncode
@@ -114,13 +137,14 @@ class LocalRunner:
 
     def _todo(self, *, listed: bool = True) -> Iterator[int]:
         """Listed tasks without an outcome, then retries as they come, until none is left."""
+        rid, token = self.job.request_id, self.job.token
         if listed:
-            pending = {int(i) for i in self.client.execute_command(
-                "HKEYS", keys.tasks(self.job.request_id))}
+            pending = {int(i) for i in self.link.call(
+                "reading the tasks", lambda ch: ch.conn.execute_command("HKEYS", keys.tasks(rid)))}
             yield from (i for i in self.indices if i in pending)
         while True:
-            flat = self.channel.eval_script(scripts.TAKE_RETRIES, self.job.request_id,
-                                            [self.job.token])
+            flat = self.link.call("taking retries", lambda ch: ch.eval_script(
+                scripts.TAKE_RETRIES, rid, [token]))
             if not flat:
                 return
             yield from sorted(int(flat[i]) for i in range(0, len(flat), 2))
@@ -128,6 +152,8 @@ class LocalRunner:
     def run(self) -> None:
         todo = self._todo()
         running: dict[int, Running] = {}
+        wake = self._wake_on_child_exit()
+        next_check = time.monotonic() + CHECK_INTERVAL
         while True:
             while len(running) < self.workers:
                 index = next(todo, None)
@@ -141,17 +167,58 @@ class LocalRunner:
                     todo = self._todo(listed=False)
                     continue
                 return
-            pid, status = os.wait()
+            select.select([wake], [], [], CHECK_INTERVAL)
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake, 512)
+            self._reap(running)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + CHECK_INTERVAL
+                self._stop_fenced(running)
+                if len(running) < self.workers:
+                    todo = itertools.chain(todo, self._todo(listed=False))
+
+    @staticmethod
+    def _wake_on_child_exit() -> int:
+        """A pipe that becomes readable when a worker exits (SIGCHLD)."""
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd is written
+        return read
+
+    def _reap(self, running: dict[int, Running]) -> None:
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
             run = running.pop(pid, None)
             if run is not None:
                 run.proc.returncode = os.waitstatus_to_exitcode(status)
                 self._finished(run)
 
+    def _stop_fenced(self, running: dict[int, Running]) -> None:
+        """Kill workers whose attempt was declared lost (hung past their lease).
+
+        Their outcome can no longer be recorded, and they hold a slot the
+        retry needs.
+        """
+        rid = self.job.request_id
+        for run in list(running.values()):
+            claim = self.link.call("reading a claim", functools.partial(_claim_of, rid, run.index))
+            if claim is not None and claim.holder != "-" and claim.pid == str(run.proc.pid):
+                run.attempt = claim.attempt  # it holds its task
+            elif run.attempt:  # it held it once, and no longer does
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(run.proc.pid, signal.SIGKILL)
+
     def _retries_waiting(self) -> bool:
-        return bool(self.client.execute_command("HLEN", keys.retry(self.job.request_id)))
+        rid = self.job.request_id
+        return bool(self.link.call(
+            "reading retries", lambda ch: ch.conn.execute_command("HLEN", keys.retry(rid))))
 
 
-def _detach(log: str) -> None:
+def _detach(log_file: str) -> None:
     """Double fork: the caller gets the daemon's job id on stdout and returns at once."""
     if os.fork():
         os._exit(0)  # first child: its exit orphans the daemon to init
@@ -161,7 +228,7 @@ def _detach(log: str) -> None:
         print(job_id_for(pid), flush=True)
         os._exit(0)
     os.setpgid(0, 0)  # its own process group, which cancel kills with every worker in it
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -173,16 +240,19 @@ def _detach(log: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "--detach":
-        job_file, tasks_file, workers, python, log = args[1:]
+        job_file, tasks_file, workers, python, log, worker = args[1:]
         _detach(log)
     else:
-        job_file, tasks_file, workers, python = args
+        job_file, tasks_file, workers, python, worker = args
     indices = json.loads(Path(tasks_file).read_text())
-    runner = LocalRunner(Path(job_file), indices, int(workers), python)
+    runner = LocalRunner(Path(job_file), indices, int(workers), python, worker)
     try:
         runner.run()
+    except BrokerError as exc:  # gone for longer than the patience: the supervisor takes over
+        print(f"sheepdog local runner: giving up: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
-        runner.client.close()
+        runner.link.close()
     return 0
 
 

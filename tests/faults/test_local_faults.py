@@ -1,0 +1,241 @@
+"""Faults on this machine, against real brokers: every request ends complete and correct.
+
+Each test injects one fault while a request runs and asserts that the final
+results are all there, all right, and that nothing is duplicated (one result
+row per task, earlier attempts in the history). docs/faults.md lists them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import sheepdog
+from sheepdog.broker import keys
+from sheepdog.submitter import results, store
+from sheepdog.submitter.store import Store
+
+from .conftest import FAST_LEASES, Server, history, rows, wait_for
+
+
+def slow_square(x: int) -> int:
+    import time
+
+    time.sleep(1.0)
+    return x * x
+
+
+def _claims(request_id: int, dbfile: str) -> dict[int, object]:
+    with results.open_request(request_id, dbfile) as request:
+        return dict(request.connect().claims(request.row.broker_request))
+
+
+def _request_id(dbfile: str) -> int:
+    with Store(dbfile, create=False) as found:
+        return found.requests()[-1].request_id
+
+
+def test_kill_9_of_a_worker_mid_task_is_retried(dbfile: str) -> None:
+    config = {"dbfile": dbfile, "local_workers": 2, **FAST_LEASES}
+    rid = sheepdog.map_async(slow_square, range(6), config)
+    wait_for(lambda: 3 in _claims(rid, dbfile), what="task 3 to start")
+    victim = _claims(rid, dbfile)[3]
+    os.kill(int(victim.pid), signal.SIGKILL)  # type: ignore[attr-defined]
+    assert sheepdog.get_results(rid, dbfile, timeout=60) == [(x, x * x) for x in range(6)]
+    assert rows(dbfile, rid) == [(i, 2 if i == 3 else 1, "ok") for i in range(1, 7)]
+    assert history(dbfile, rid) == [(3, 1, "lost")]
+    assert sheepdog.get_errors(rid, dbfile) == []
+
+
+def test_a_hung_worker_is_lost_by_its_lease_and_its_task_runs_again(dbfile: str) -> None:
+    """SIGSTOP: alive but silent, as a node that hangs. The lease says it is lost."""
+    config = {"dbfile": dbfile, "local_workers": 1, **FAST_LEASES}
+    rid = sheepdog.map_async(slow_square, [7], config)
+    wait_for(lambda: 1 in _claims(rid, dbfile), what="the task to start")
+    hung = int(_claims(rid, dbfile)[1].pid)  # type: ignore[attr-defined]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        assert sheepdog.get_results(rid, dbfile, timeout=60) == [(7, 49)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the runner killed it: expected
+            os.kill(hung, signal.SIGCONT)
+    [(index, attempt, status)] = history(dbfile, rid)
+    assert (index, attempt, status) == (1, 1, "lost")
+    with Store(dbfile) as found:
+        [earlier] = found.history(rid)[1]
+    assert "no heartbeat from" in earlier["error"] and "its lease ran out" in earlier["error"]
+
+
+def test_broker_killed_and_restarted_empty_mid_request(server: Server, dbfile: str,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    config = {"broker_url": server.url, "dbfile": dbfile, "local_workers": 2, **FAST_LEASES}
+    rid = sheepdog.map_async(slow_square, range(8), config)
+    client = server.client()
+    wait_for(lambda: client.xlen(keys.results(rid)) >= 2, what="some outcomes")
+    client.close()
+    server.kill()
+    server.start()  # empty: every key of the request is gone, and the broker's id
+    assert sheepdog.get_results(rid, dbfile, timeout=90, verbose=True) == [
+        (x, x * x) for x in range(8)]
+    assert [r[0] for r in rows(dbfile, rid)] == list(range(1, 9))  # one row per task
+    assert "the broker lost request" in capsys.readouterr().err
+
+
+def test_broker_flushall_mid_request(server: Server, dbfile: str) -> None:
+    config = {"broker_url": server.url, "dbfile": dbfile, "local_workers": 2, **FAST_LEASES}
+    rid = sheepdog.map_async(slow_square, range(8), config)
+    client = server.client()
+    wait_for(lambda: client.xlen(keys.results(rid)) >= 2, what="some outcomes")
+    client.flushall()
+    client.close()
+    assert sheepdog.get_results(rid, dbfile, timeout=90) == [(x, x * x) for x in range(8)]
+    assert [r[0] for r in rows(dbfile, rid)] == list(range(1, 9))
+
+
+_SUBMITTER = """
+import sys, time, sheepdog
+from sheepdog.broker.client import Broker
+
+stall = sys.argv[1]
+original = getattr(Broker, stall)
+
+def stalled(self, *args, **kwargs):
+    original(self, *args, **kwargs) if stall == "push_request" else None
+    print("stalled", flush=True)
+    time.sleep(600)
+
+setattr(Broker, stall, stalled)
+
+def f(x):
+    return x + 1
+
+sheepdog.map_async(f, range(50), {{"dbfile": {dbfile!r}, "broker_url": {url!r}}})
+"""
+
+
+def _kill_submitter_in(stall: str, server: Server, dbfile: str, tmp_path: Path) -> None:
+    script = tmp_path / "submitter.py"
+    script.write_text(textwrap.dedent(_SUBMITTER.format(dbfile=dbfile, url=server.url)))
+    with subprocess.Popen([sys.executable, str(script), stall], stdout=subprocess.PIPE,
+                          text=True, cwd=tmp_path) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "stalled\n"
+        os.kill(proc.pid, signal.SIGKILL)
+
+
+def test_submitter_killed_mid_submit_never_hangs_anyone(server: Server, dbfile: str,
+                                                        tmp_path: Path) -> None:
+    _kill_submitter_in("push_request", server, dbfile, tmp_path)  # its tasks are pushed
+    rid = _request_id(dbfile)
+    client = server.client()
+    assert 0 < client.ttl(keys.tasks(rid)) <= keys.SUBMIT_TTL  # its keys would expire
+    started = time.monotonic()
+    with pytest.raises(sheepdog.RequestFailed, match=rf"request {rid} was never fully"
+                       r" submitted: its submitter \(.* pid \d+\) stopped before its job was"
+                       rf" queued.*sheepdog.resubmit\({rid}\)"):
+        sheepdog.get_results(rid, dbfile, timeout=30)
+    assert time.monotonic() - started < 10
+    assert client.exists(*keys.request_keys(rid)) == 0  # gone from the broker now
+    client.close()
+    # Everything it needs is in the dbfile: resubmit runs it.
+    assert sheepdog.resubmit(rid, dbfile) == 50
+    assert sheepdog.get_results(rid, dbfile, timeout=60) == [(x, x + 1) for x in range(50)]
+
+
+def test_submitter_killed_after_its_job_started_cancels_the_job(
+    server: Server, dbfile: str, tmp_path: Path
+) -> None:
+    _kill_submitter_in("queued", server, dbfile, tmp_path)  # the runner is started
+    with Store(dbfile) as found:
+        row = found.requests()[-1]
+    assert row.status == "submitting" and row.job_ids
+    runner = int(row.job_ids.split(":")[1])
+    with pytest.raises(sheepdog.RequestFailed, match="was never fully submitted"):
+        sheepdog.get_results(row.request_id, dbfile, timeout=30)
+    wait_for(lambda: not _alive(runner), timeout=10, what="the runner to be stopped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sqlite_locked_longer_than_the_busy_timeout(
+    dbfile: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(store, "BUSY_TIMEOUT", 0.5)
+    rid = sheepdog.map_async(slow_square, range(4), {"dbfile": dbfile})
+    with subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3, time
+        db = sqlite3.connect({dbfile!r}, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        print("locked", flush=True)
+        time.sleep(5)
+        db.execute("ROLLBACK")
+        """)], stdout=subprocess.PIPE, text=True) as locker:
+        assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+        assert sheepdog.get_results(rid, dbfile, timeout=60, verbose=True) == [
+            (x, x * x) for x in range(4)]
+    err = capsys.readouterr().err
+    assert f"the dbfile {dbfile} unreachable since" in err and "database is locked" in err
+    assert [r[0] for r in rows(dbfile, rid)] == [1, 2, 3, 4]
+
+
+@pytest.mark.timeout(600)
+def test_ten_submitters_on_one_broker_and_one_dbfile(server: Server, tmp_path: Path) -> None:
+    dbfile = str(tmp_path / "shared.sqlite")
+    code = textwrap.dedent(f"""
+        import sys, sheepdog
+        me = int(sys.argv[1])
+
+        def f(x):
+            return (me, x * 2)
+
+        config = {{"broker_url": {server.url!r}, "dbfile": {dbfile!r}, "local_workers": 2}}
+        rid = sheepdog.map_async(f, range(200), config)
+        out = sheepdog.get_results(rid, {dbfile!r}, timeout=600)
+        print(rid, out == [(x, (me, x * 2)) for x in range(200)])
+        """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for i in range(10)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    ids = sorted(int(out.split()[0]) for out, _ in outputs)
+    assert len(set(ids)) == 10  # unique in the dbfile and on the broker
+    assert all(out.split()[1] == "True" for out, _ in outputs)
+    with sqlite3.connect(dbfile) as db:
+        count, distinct = db.execute(
+            "SELECT count(*), count(DISTINCT request_id || ':' || idx) FROM results").fetchone()
+    assert count == distinct == 2000
+
+
+def test_a_result_too_large_for_the_broker_is_a_clear_error(tmp_path: Path) -> None:
+    """The broker takes at most 1 MiB in one value here: a 2 MiB result is refused, clearly."""
+    limited = Server(tmp_path)
+    limited.start("--proto-max-bulk-len", "1mb")
+    try:
+        config = {"broker_url": limited.url, "dbfile": str(tmp_path / "r.sqlite")}
+        with pytest.raises(sheepdog.TaskErrors) as caught:
+            sheepdog.map(bytes, [2 * 2**20, 10], config, raise_errors=True, timeout=60)
+        [failure] = caught.value.failures
+        assert failure.index == 1
+        assert failure.error.startswith("SerialisationError: the return value is 2.0 MiB"
+                                        " pickled, more than the broker takes in one value")
+        assert "write large results to a file" in failure.error
+    finally:
+        assert limited.proc is not None
+        limited.proc.terminate()
+        limited.proc.wait(10)
