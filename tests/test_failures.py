@@ -389,3 +389,77 @@ def test_get_errors_does_not_unpickle_results(dbfile: str, tmp_path: Path) -> No
         time.sleep(0.2)
     [(args, error)] = errors
     assert args == 1 and "ValueError: bad" in error
+
+
+def test_a_failure_after_the_job_started_leaves_no_job_behind(
+    dbfile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a locked dbfile) right after the scheduler took the job."""
+    from sheepdog.broker.client import Broker
+
+    started: list[str] = []
+    original = Broker.queued
+
+    def interrupted(self: Broker, request_id: int, job_ids: str) -> None:
+        started.append(job_ids)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Broker, "queued", interrupted)
+
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(60)
+        return x
+
+    job_files_before = set((paths.home() / "jobs").glob("*/job.json"))
+    with pytest.raises(KeyboardInterrupt):
+        sheepdog.map_async(slow, range(3), {"dbfile": dbfile})
+    monkeypatch.setattr(Broker, "queued", original)
+    [job_id] = started
+    runner = int(job_id.split(":")[1])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{runner}").exists() and \
+            Path(f"/proc/{runner}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the runner was left running"
+        time.sleep(0.05)
+    with Store(dbfile) as store:
+        assert store.requests() == []
+    assert set((paths.home() / "jobs").glob("*/job.json")) == job_files_before  # no password left
+
+
+def test_cancel_writes_one_entry_however_many_tasks(dbfile: str) -> None:
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(60)
+        return x
+
+    request_id = sheepdog.map_async(slow, range(500), {"dbfile": dbfile, "local_workers": 1})
+    assert sheepdog.cancel(request_id, dbfile) == 500
+    with results.open_request(request_id, dbfile) as request:
+        broker = request.connect()
+        entries = broker.all_results(request.row.broker_request)
+    assert [f["status"] for _, f in entries][-1] == b"cancelled"
+    assert len(entries) <= 2  # one for the request, perhaps one for the task it killed
+    lost = [e for _, e in sheepdog.get_errors(request_id, dbfile)]
+    assert len(lost) == 500 and all("cancelled by the user" in e for e in lost[1:])
+
+
+def test_a_killed_task_keeps_its_last_words(dbfile: str) -> None:
+    def talk_then_die(x: int) -> int:
+        import os
+        import sys
+        import time
+
+        print("about to do something dangerous", file=sys.stderr, flush=True)
+        time.sleep(1.5)  # its output reaches the log while it runs, not when it returns
+        os.kill(os.getpid(), 9)
+        return x
+
+    request_id = sheepdog.map_async(talk_then_die, [1], {"dbfile": dbfile, "retries": 0})
+    sheepdog.get_results(request_id, dbfile, timeout=60)
+    with Store(dbfile) as store:
+        detail = store.outcome_detail(request_id, 1)
+    assert detail is not None and detail["status"] == "lost"
+    assert "about to do something dangerous" in detail["stderr"]

@@ -191,3 +191,128 @@ def test_a_dbfile_of_another_schema_is_refused_by_name(tmp_path: Path) -> None:
         db.execute("UPDATE store SET value = '0' WHERE key = 'schema'")
     with pytest.raises(SheepdogError, match="written by a sheepdog with store schema 0"):
         Store(path)
+
+
+# -- known defects, each with the test that shows it fixed --------------------------
+
+
+def test_seed_default_ge_opts_none_is_no_options() -> None:
+    assert Settings.from_config({"ge_opts": None}).ge_opts == ()
+
+
+def test_max_aj_tasks_0_means_no_limit() -> None:
+    from sheepdog.submitter.schedulers.gridengine import chunks
+
+    assert chunks(5, 0) == [(1, 5)]
+    assert chunks(5, 2) == [(1, 2), (3, 4), (5, 5)]
+
+
+def test_memory_retries_scale_the_limits_asked_for() -> None:
+    from sheepdog.submitter.schedulers.gridengine import memory_limit, scale_memory
+
+    opts = ("-l h_rt=1:0:0,mem_grab=1G", "-l h_vmem=512M", "-r y")
+    scaled = scale_memory(opts, 2.0)
+    assert scaled == ("-l h_rt=1:0:0,mem_grab=2048M", "-l h_vmem=1024M", "-r y")
+    assert memory_limit(scaled) == 2 * 2**30
+    assert scale_memory(opts, 1.0) == opts
+
+
+class _RecordingRemote:
+    """The head node as a list of the commands it was asked to run (unit tests only)."""
+
+    where = "fake"
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def run(self, command: str, timeout: float = 0) -> object:
+        from sheepdog.submitter.remote import Completed
+
+        self.commands.append(command)
+        return Completed(command, 0, "", "")
+
+
+def test_job_ids_from_the_broker_never_reach_a_shell_unchecked() -> None:
+    from sheepdog.errors import SubmitError
+    from sheepdog.submitter.schedulers.gridengine import GridEngine
+
+    remote = _RecordingRemote()
+    scheduler = GridEngine(lambda: remote)  # type: ignore[arg-type, return-value]
+    for hostile in (["12; touch /tmp/x"], ["$(reboot)"], ["12 13"]):
+        with pytest.raises(SubmitError, match="is not a Grid Engine job id"):
+            scheduler.cancel(hostile)
+        with pytest.raises(SubmitError, match="is not a Grid Engine job id"):
+            scheduler.state(hostile)
+    assert scheduler.last_words(Settings(), "name", "12.3; rm -rf ~") == ""
+    assert remote.commands == []
+    scheduler.cancel(["12", "13"])
+    assert remote.commands == ["qdel 12 13"]
+
+
+def test_a_reused_pid_is_not_taken_for_a_local_runner() -> None:
+    import os
+    import socket
+
+    from sheepdog.submitter.schedulers.local import LocalScheduler, job_id_for
+
+    mine = job_id_for(os.getpid())
+    assert LocalScheduler().state([mine]).active == {mine}
+    host, pid, start = mine.split(":")
+    reused = f"{host}:{pid}:{start[:-1]}9" if not start.endswith("9") else f"{host}:{pid}:x-1"
+    assert LocalScheduler().state([reused]).ended == {reused}  # same pid, not the same process
+    assert socket.gethostname() == host
+
+
+def test_credentials_survive_a_crash_mid_write(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from sheepdog.submitter import credentials, paths
+
+    master = credentials.remember("broker-a", "redis://:a@h/0")
+    before = paths.credentials_file().read_text()
+
+    def crash(*args: object) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(credentials.os, "replace", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        credentials.remember("broker-b", "redis://:b@h/0")
+    assert paths.credentials_file().read_text() == before  # whole, as it was
+    assert [p.name for p in paths.home().iterdir() if p.name.startswith(".credentials")] == []
+    assert credentials.lookup("broker-a") == ("redis://:a@h/0", master)
+    assert paths.credentials_file().stat().st_mode & 0o777 == 0o600
+
+
+def test_a_socket_directory_others_can_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import tempfile
+
+    from sheepdog.broker import embedded
+    from sheepdog.errors import EmbeddedBrokerError
+
+    # A deep state dir puts the socket in <tmp>/sheepdog-<uid>: someone made it writable.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shared = tmp_path / f"sheepdog-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with pytest.raises(EmbeddedBrokerError, match=r"is not a private directory of this user"
+                       r" \(owner uid \d+, mode 777\)"):
+        embedded.ensure_running(deep)
+    if os.getuid() == 0:  # a state dir owned by someone else
+        other = tmp_path / "other"
+        other.mkdir(mode=0o700)
+        os.chown(other, 65534, 65534)
+        with pytest.raises(EmbeddedBrokerError, match="owner uid 65534"):
+            embedded.ensure_running(other)
+
+
+def test_a_missing_ssh_keyfile_is_named(dbfile: str) -> None:
+    import sheepdog
+    from sheepdog.errors import SSHError
+
+    config = {"host": "headnode", "broker_url": "redis://:pw@headnode:6379/0",
+              "ssh_keyfile": "/no/such/key", "dbfile": dbfile}
+    with pytest.raises(SSHError, match="ssh_keyfile '/no/such/key' does not exist"):
+        sheepdog.map(abs, [1], config)

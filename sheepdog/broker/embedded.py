@@ -69,7 +69,20 @@ def socket_path(state_dir: Path) -> Path:
     digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
     short = Path(tempfile.gettempdir()) / f"sheepdog-{os.getuid()}"
     short.mkdir(mode=0o700, exist_ok=True)
+    _check_private(short)
     return short / f"{digest}.sock"
+
+
+def _check_private(directory: Path) -> None:
+    """Refuse a directory someone else owns or can write: they could swap our socket."""
+    found = directory.lstat()
+    if directory.is_symlink() or found.st_uid != os.getuid() or found.st_mode & 0o022:
+        raise EmbeddedBrokerError(
+            f"{directory} is not a private directory of this user (owner uid {found.st_uid},"
+            f" mode {found.st_mode & 0o777:o}), so the embedded broker's socket will not be put"
+            f" there: another user could stand in for the broker. Remove it, or set"
+            f" SHEEPDOG_HOME to a short path of your own."
+        )
 
 
 def url_for(state_dir: Path) -> str:
@@ -145,7 +158,9 @@ def _start(state_dir: Path, password: str) -> None:
 def ensure_running(state_dir: Path) -> str:
     """Start the embedded server in ``state_dir`` unless it runs; return its URL."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    state_dir.chmod(0o700)
+    if state_dir.stat().st_uid == os.getuid():
+        state_dir.chmod(0o700)
+    _check_private(state_dir)
     with _locked(state_dir):
         password_file = state_dir / "password"
         if not password_file.exists():

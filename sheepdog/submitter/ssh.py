@@ -57,7 +57,15 @@ def resolve(host: str, user: str | None = None, port: int | None = None,
             keyfile: str | None = None) -> Target:
     """The connection parameters for ``host``; explicit arguments win over ~/.ssh/config."""
     found = _ssh_config().lookup(host)
-    key_files = [keyfile] if keyfile else list(found.get("identityfile", []))
+    if keyfile and not Path(keyfile).expanduser().is_file():
+        raise SSHError(
+            f"ssh_keyfile {keyfile!r} does not exist: set 'ssh_keyfile' to your private key"
+            " file (e.g. ~/.ssh/id_ed25519), or leave it out to use your SSH agent and"
+            " ~/.ssh keys"
+        )
+    # As OpenSSH does, IdentityFile lines naming a missing file are passed over.
+    key_files = [keyfile] if keyfile else [
+        k for k in found.get("identityfile", []) if Path(k).expanduser().is_file()]
     return Target(
         alias=host,
         hostname=found.get("hostname", host),

@@ -239,3 +239,26 @@ def test_a_result_too_large_for_the_broker_is_a_clear_error(tmp_path: Path) -> N
         assert limited.proc is not None
         limited.proc.terminate()
         limited.proc.wait(10)
+
+
+def test_a_busy_broker_is_ridden_out(server: Server, dbfile: str) -> None:
+    """A script keeps the broker BUSY for 3 s while workers record: they wait, then record."""
+    import threading
+
+    admin = server.client()
+    admin.config_set("busy-reply-threshold", 100)  # BUSY replies after 0.1 s of a script
+    config = {"broker_url": server.url, "dbfile": dbfile, "local_workers": 3, **FAST_LEASES}
+    rid = sheepdog.map_async(slow_square, range(3), config)
+    wait_for(lambda: admin.zcard(keys.leases(rid)) == 3, what="the tasks to start")
+    busy = threading.Thread(target=admin.eval, args=(
+        "local t = redis.call('TIME') local s = tonumber(t[1])"
+        " while tonumber(redis.call('TIME')[1]) < s + 3 do end return 1", 0))
+    busy.start()
+    try:
+        assert sheepdog.get_results(rid, dbfile, timeout=60) == [(x, x * x) for x in range(3)]
+    finally:
+        busy.join()
+        admin.close()
+    with Store(dbfile) as found:
+        said = " ".join(found.outcome_detail(rid, i)["stderr"] for i in (1, 2, 3))  # type: ignore[index]
+    assert "the broker is unavailable (RespError: BUSY" in said  # and the task went on
