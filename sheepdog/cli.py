@@ -113,8 +113,11 @@ def status(ctx: click.Context, request_id: int | None, dbfile: str) -> None:
             meta = request.connect().meta(row.broker_request)
             state = meta.get("status", "gone from the broker") \
                 if meta.get("token", row.token) == row.token else "gone from the broker"
+        on_broker = "" if row.broker_request == request_id else \
+            f", request {row.broker_request} on its broker"
         click.echo(f"request {request_id}: {row.function}, {row.n_tasks} tasks,"
-                   f" {row.scheduler} job {row.job_ids or '-'}, {row.status} (broker: {state})")
+                   f" {row.scheduler} job {row.job_ids or '-'}, {row.status} (broker: {state}"
+                   f"{on_broker})")
         click.echo(f"  done {counts['ok']}  failed {counts['error']}  lost {counts['lost']}"
                    f"  remaining {remaining}  retried {request.store.retried(request_id)}")
         for text in results.incidents(request):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -257,8 +260,6 @@ def test_cancel_stops_the_job_and_map_says_so(dbfile: str) -> None:
 
 
 def test_runner_that_dies_gives_lost_tasks_not_a_hang(dbfile: str) -> None:
-    import signal
-
     def slow(x: int) -> int:
         import time
 
@@ -463,3 +464,27 @@ def test_a_killed_task_keeps_its_last_words(dbfile: str) -> None:
         detail = store.outcome_detail(request_id, 1)
     assert detail is not None and detail["status"] == "lost"
     assert "about to do something dangerous" in detail["stderr"]
+
+
+def test_ctrl_c_while_map_waits_leaves_the_request_running(tmp_path: Path) -> None:
+    script = tmp_path / "interrupted.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, sheepdog
+
+        def slow(x):
+            time.sleep(3)
+            return x + 1
+
+        print("waiting", flush=True)
+        sheepdog.map(slow, [1, 2], {{"dbfile": {str(tmp_path / "r.sqlite")!r}}})
+        """))
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=tmp_path) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "waiting\n"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    [request_id] = re.findall(r"request (\d+) keeps running; collect it with", err)
+    dbfile = str(tmp_path / "r.sqlite")
+    assert sheepdog.get_results(int(request_id), dbfile, timeout=60) == [(1, 2), (2, 3)]
