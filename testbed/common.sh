@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Shared by testbed/up and testbed/down: where things live, and how to tell
-# whether a daemon from a pidfile is still running. Sourced, not executed.
+# Shared by testbed/up, testbed/down and testbed/sge: where things live, how
+# to tell whether a daemon from a pidfile is still running, and how the Grid
+# Engine daemons are started and stopped. Sourced, not executed.
 
 TESTBED_ETC=/etc/sheepdog-testbed
 TESTBED_VAR=/var/lib/sheepdog-testbed
@@ -84,4 +85,92 @@ stop_pidfile() {
     fi
     rm -f "$file"
     log "$name: stopped"
+}
+
+# ---------------------------------------------------------------- grid engine
+# Starting and stopping the daemons: shared by testbed/up, testbed/down and
+# testbed/sge (which tests use to stop and start the qmaster mid-request).
+
+load_sge_env() {
+    # Debian's q* wrappers read /etc/default/gridengine (notes item 6).
+    # shellcheck disable=SC1091
+    source /etc/default/gridengine
+    export SGE_ROOT SGE_CELL
+    SGE_CELL_DIR=$SGE_ROOT/$SGE_CELL
+}
+
+# env -i: jobs inherit the execd's environment (notes item 3).
+start_sge_daemon() {
+    # setsid: sge_execd daemonizes without leaving the caller's session, so a
+    # caller whose session is torn down (a CI step, a terminal) would take it along.
+    setsid env -i PATH="$DAEMON_PATH" LANG=C.UTF-8 SGE_ROOT="$SGE_ROOT" SGE_CELL="$SGE_CELL" "$@"
+}
+
+qmaster_running() { running_from_pidfile "$QMASTER_PIDFILE" sge_qmaster; }
+
+execd_running() {
+    local f
+    for f in $EXECD_PIDFILE_GLOB; do
+        running_from_pidfile "$f" sge_execd && return 0
+    done
+    return 1
+}
+
+start_qmaster() {
+    if qmaster_running; then
+        log "sge: qmaster already running (pid $(pidfile_pid "$QMASTER_PIDFILE"))"
+        return
+    fi
+    log "sge: starting sge_qmaster"
+    start_sge_daemon /usr/sbin/sge_qmaster
+    local i
+    for ((i = 0; i < 300; i++)); do
+        qconf -sh >/dev/null 2>&1 && { log "sge: qmaster answers"; return; }
+        sleep 0.1
+    done
+    die "sge_qmaster did not answer within 30 s (see $SGE_SPOOL/qmaster/messages)"
+}
+
+# SIGTERM, and wait until it is gone (it writes its spool on the way out:
+# 2-6 s). Running jobs keep running under the execd meanwhile.
+stop_qmaster() { stop_pidfile sge_qmaster "$QMASTER_PIDFILE" sge_qmaster 30; }
+
+start_execd() {
+    if execd_running; then
+        log "sge: execd already running"
+        return
+    fi
+    log "sge: starting sge_execd"
+    start_sge_daemon /usr/sbin/sge_execd
+}
+
+# The execd writes its pidfile only after ~2 s of registering with the
+# qmaster: wait for it later, not right after starting it.
+wait_for_execd() {
+    local i
+    for ((i = 0; i < 200; i++)); do
+        execd_running && return
+        sleep 0.1
+    done
+    die "sge_execd did not start (see $SGE_SPOOL/execd/*/messages)"
+}
+
+# Queue instances the qmaster has no execd for (state "u": unknown); all of
+# them (as "?") if qstat cannot tell.
+unknown_queue_instances() {
+    local out
+    out=$(qstat -f 2>/dev/null) || { echo "? (qstat failed)"; return; }
+    awk '$1 ~ /@/ && NF >= 6 && $NF ~ /u/ { print $1 }' <<<"$out"
+}
+
+# After a qmaster restart the running execd registers again on its own, but
+# on a timer: seen taking from 1 to 31 s.
+wait_for_node() {
+    local deadline=$((SECONDS + 90)) left
+    while left=$(unknown_queue_instances) && [[ -n $left ]]; do
+        ((SECONDS < deadline)) ||
+            die "queue instance(s) $left still unknown after 90 s (see $SGE_SPOOL/execd/*/messages)"
+        sleep 0.2
+    done
+    log "sge: the execd is registered"
 }
