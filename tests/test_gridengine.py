@@ -439,3 +439,69 @@ def test_a_task_that_dies_on_the_node_is_lost_and_the_rest_return(
 def _last_request(config: dict[str, object]) -> int:
     with Store(str(config["dbfile"])) as store:
         return store.requests()[-1].request_id
+
+
+def test_a_task_over_its_memory_limit_is_retried_with_more(config: dict[str, object],
+                                                           testbed: dict[str, str]) -> None:
+    def hog(megabytes: int) -> int:
+        return len(bytearray(megabytes * 2**20))
+
+    config = dict(config, ge_opts=["-l mem_grab=300M"], retry_memory_factor=2.0)
+    assert sheepdog.map(hog, [400, 4], config, raise_errors=True) == [400 * 2**20, 4 * 2**20]
+    rid = _last_request(config)
+    with Store(str(config["dbfile"])) as store:
+        [earlier] = store.history(rid)[1]
+        job_ids = store.request(rid).job_ids.split(",")
+    assert earlier["error"].startswith("MemoryError: the task needed more memory than its"
+                                       " limit of 300 MiB")
+    assert earlier["cause"] == "memory" and len(job_ids) == 2  # the first job, and a retry
+    with Store(str(config["dbfile"])) as store:
+        retried = store.outcome_detail(rid, 1)
+    assert retried is not None and retried["attempt"] == 2 and retried["job"].startswith(
+        f"{job_ids[1]}.")
+    retry_script = _ssh(testbed, "cat ~/.sheepdog/jobs/*-" + str(rid) + "/job-retry-*-1.py")
+    assert "#$ -l mem_grab=600M" in retry_script.stdout  # Grid Engine is asked for more, too
+
+
+def test_an_ssh_connection_that_drops_is_made_again(config: dict[str, object]) -> None:
+    """The laptop slept: the next qstat finds the connection dead. Nothing is decided on it."""
+    from sheepdog.submitter.config import Settings
+    from sheepdog.submitter.remote import SSHRemote
+    from sheepdog.submitter.session import Session
+
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(5)
+        return x
+
+    dbfile = str(config["dbfile"])
+    request_id = sheepdog.map_async(slow, [1], config)
+    job_ids = _job_id_list(dbfile, request_id)
+    with Session(Settings.from_config(config)) as session:
+        scheduler = session.scheduler()
+        assert scheduler.state(job_ids).active == set(job_ids)
+        first = session.remote
+        assert isinstance(first, SSHRemote)
+        transport = first.client.get_transport()
+        assert transport is not None
+        transport.sock.close()  # type: ignore[union-attr]  # the network goes away under it
+        dropped = scheduler.state(job_ids)
+        assert dropped.unknown and "lost the SSH connection" in dropped.unknown
+        assert not dropped.ended  # not taken as "the job ended"
+        again = scheduler.state(job_ids)
+        assert session.remote is not first and again.active == set(job_ids)
+    assert sheepdog.get_results(request_id, dbfile, timeout=60) == [(1, 1)]
+
+
+def test_a_job_in_error_state_is_deleted_and_says_why(config: dict[str, object],
+                                                      testbed: dict[str, str]) -> None:
+    """A working directory the node cannot enter puts the job in Eqw: it will never run."""
+    config = dict(config, ge_opts=["-wd /nonexistent/sheepdog"])
+    dbfile = str(config["dbfile"])
+    request_id = sheepdog.map_async(add, [(1, 2)], config)
+    job_id = _job_id(dbfile, request_id)
+    with pytest.raises(RequestFailed, match=rf"was cancelled \(Grid Engine job {job_id} is in"
+                       r" error state: .*nonexistent.*; sheepdog deleted the job\)"):
+        sheepdog.get_results(request_id, dbfile, timeout=60)
+    assert _ssh(testbed, f"qstat -j {job_id}").returncode == 1  # gone

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from sheepdog.broker import codec, keys
 from sheepdog.broker.client import Broker, StreamEntry
+from sheepdog.errors import BrokerError
 from sheepdog.submitter.store import RequestRow, Store, stream_key
+
+
+class StreamNotOurs(BrokerError):
+    """The stream under this request's id belongs to another request now."""
+
 
 #: Stream entries per SQLite transaction.
 BATCH = 500
@@ -76,9 +82,14 @@ class Collator:
         earlier: list[Row] = []
         incidents: list[Row] = []
         cancels: list[Row] = []
-        for entry_id, fields in entries:
-            row = self._row(entry_id, fields)
-            problem = self._problem(entry_id, fields, row)
+        rows = [(self._row(entry_id, fields), fields, entry_id) for entry_id, fields in entries]
+        problems = [self._problem(entry_id, fields, row) for row, fields, entry_id in rows]
+        if any(problems) and not self._still_ours():
+            raise StreamNotOurs(
+                f"request {self.row.request_id}'s stream on the broker now belongs to another"
+                " request (the broker lost its data and gave the id out again)"
+            )
+        for (row, fields, _entry_id), problem in zip(rows, problems, strict=True):
             status = row["status"]
             if problem is not None:
                 incidents.append(self._incident(row, problem))
@@ -94,6 +105,10 @@ class Collator:
                 finals.append(row)
         self.store.save_outcomes(finals, earlier, incidents, cancels)
         self.broker.ack(self.stream, self.group, [entry_id for entry_id, _ in entries])
+
+    def _still_ours(self) -> bool:
+        meta = self.broker.meta(self.stream)
+        return meta.get("token") == self.row.token
 
     def _row(self, entry_id: str, fields: dict[str, bytes]) -> Row:
         pid = _text(fields, "pid")

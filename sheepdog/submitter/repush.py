@@ -12,29 +12,40 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 
 from sheepdog.broker import codec
+from sheepdog.errors import SheepdogError
 from sheepdog.submitter.launch import launch, worker_access
 from sheepdog.submitter.request import OpenRequest, job_name
 from sheepdog.submitter.submit import positional, request_meta
 
 
-def push_again(request: OpenRequest, indices: list[int], *, fresh: bool, label: str
-               ) -> list[str]:
-    """Push ``indices`` again and start a job over them; return its job ids.
+@dataclass(frozen=True)
+class Pushed:
+    """What ``push_again`` did: the new job, or why it could not start one yet."""
+
+    job_ids: list[str]
+    not_cancelled: tuple[str, list[str]]  # (job name, ids) of old jobs the scheduler did
+    # not cancel yet (it did not answer)
+    launch_error: SheepdogError | None  # the tasks wait in the retry set meanwhile
+
+
+def push_again(request: OpenRequest, indices: list[int], *, fresh: bool, label: str) -> Pushed:
+    """Push ``indices`` again and start a job over them.
 
     ``fresh`` (resubmit): the tasks' earlier outcomes move to history and they
     get a new budget of attempts. Otherwise (a broker lost them) attempts go
-    on counting from where the dbfile knows they were.
+    on counting from where the dbfile knows they were. If the scheduler does
+    not take the job now, the tasks wait on the broker as retries, which the
+    next wait starts when it does.
     """
     store, session = request.store, request.session
     old = request.row
     broker = request.connect()
     key = request.key
-    with contextlib.suppress(Exception):  # the old jobs and files: ours, and useless now
-        scheduler = session.scheduler()
-        scheduler.cancel([j for j in old.job_ids.split(",") if j])
-        scheduler.forget(session.settings, job_name(old))
+    not_cancelled = (job_name(old),
+                     cancel_jobs(request, job_name(old), [j for j in old.job_ids.split(",") if j]))
     if broker.broker_id == old.broker_id and broker.request_exists(old.broker_request):
         broker.delete_request(old.broker_request)  # collated already: the dbfile has it all
     last = store.last_attempts(old.request_id)
@@ -60,8 +71,27 @@ def push_again(request: OpenRequest, indices: list[int], *, fresh: bool, label: 
     meta = request_meta(row, session.settings, user)
     broker.push_request(new_id, meta, store.function_payload(row.request_id), pushed,
                         placeholders)
-    job_ids = launch(session, broker, row, key, worker_url, indices=indices, label=label)
+    try:
+        job_ids = launch(session, broker, row, key, worker_url, indices=indices, label=label)
+    except SheepdogError as exc:
+        broker.queued(new_id, "")
+        broker.put_back_retries(new_id, dict.fromkeys(indices, 0))
+        return Pushed([], not_cancelled, exc)
     joined = ",".join(job_ids)
     broker.queued(new_id, joined)
     request.update(job_ids=joined)
-    return job_ids
+    return Pushed(job_ids, not_cancelled, None)
+
+
+def cancel_jobs(request: OpenRequest, name: str, job_ids: list[str]) -> list[str]:
+    """Cancel ``job_ids`` (of job name ``name``) and forget their files; the ids the
+    scheduler could not cancel."""
+    session = request.session
+    scheduler = session.scheduler()
+    try:
+        scheduler.cancel(job_ids)
+    except (SheepdogError, OSError):
+        return job_ids
+    with contextlib.suppress(SheepdogError, OSError):
+        scheduler.forget(session.settings, name)
+    return []

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sheepdog.errors import ConfigError, RequestFailed
+from sheepdog.errors import ConfigError, RequestFailed, SubmitError
 from sheepdog.submitter import config, repush, results
 from sheepdog.submitter.config import Settings
 from sheepdog.submitter.request import FINAL, OpenRequest, open_request
@@ -54,24 +54,31 @@ def resubmit_request(
             results.settle_submission(request, timeout=None)
         if request.row.status not in (*FINAL, "incomplete"):
             results.collect_available(request)
-            if request.done() < row.n_tasks and not _over_on_broker(request):
+            if not _over_on_broker(request):
                 raise RequestFailed(
                     f"request {request_id} is still running ({request.done()} of"
                     f" {row.n_tasks} tasks have an outcome); wait for it with"
                     f" get_results({request_id}), or cancel it first"
                 )
-            results.wait(request, verbose=False, timeout=None)
+            results.finalise(request)  # every outcome it will ever have is in the dbfile
         wanted = ("",) + (("error",) if failed else ()) + (("lost",) if lost else ())
         indices = [t.idx for t in request.store.tasks(request_id, statuses=wanted)]
         if len(request.store.tasks(request_id)) < row.n_tasks:
             raise results.incomplete(request)
         if not indices:
             return 0
-        job_ids = repush.push_again(request, indices, fresh=True,
-                                    label=f"resubmit-{int(time.time() * 1000)}")
+        pushed = repush.push_again(request, indices, fresh=True,
+                                   label=f"resubmit-{int(time.time() * 1000)}")
+        if pushed.launch_error is not None:
+            raise SubmitError(
+                f"request {request_id}: its {len(indices)} task(s) are on the broker again,"
+                f" but the {row.scheduler} scheduler did not take the job"
+                f" ({pushed.launch_error}); get_results({request_id}) or `sheepdog collect"
+                f" {request_id}` starts them once it does"
+            ) from pushed.launch_error
         if verbose:
             print(f"sheepdog: request {request_id}: {len(indices)} task(s) run again as"
-                  f" {request.row.scheduler} job {','.join(job_ids)}")
+                  f" {request.row.scheduler} job {','.join(pushed.job_ids)}")
         return len(indices)
 
 

@@ -33,7 +33,7 @@ from sheepdog.errors import (
     SerialisationError,
     SheepdogError,
 )
-from sheepdog.submitter.collator import Collator
+from sheepdog.submitter.collator import Collator, StreamNotOurs
 from sheepdog.submitter.request import FINAL, OpenRequest, job_name, open_request
 from sheepdog.submitter.schedulers import job_id_list
 from sheepdog.submitter.schedulers.local import process_start
@@ -134,7 +134,7 @@ def incomplete(request: OpenRequest) -> RequestFailed:
     )
 
 
-def _finalise(request: OpenRequest) -> str:
+def finalise(request: OpenRequest) -> str:
     """The request's final status, kept in the dbfile once known.
 
     The first time, it is read from the broker, which is then told to expire
@@ -192,7 +192,7 @@ def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
     total = request.row.n_tasks
     if request.done() < total:
         _collate_until_done(request, verbose, timeout)
-    if _finalise(request) == "cancelled":
+    if finalise(request) == "cancelled":
         rid = request.request_id
         counts = request.store.counts(rid)
         raise RequestFailed(
@@ -234,6 +234,9 @@ class _Waiter:
     def _tolerating(self, step: Callable[[], int]) -> int | None:
         try:
             done = step()
+        except StreamNotOurs:
+            self._collator = None  # the next check finds the request gone and pushes it again
+            return 0
         except BROKER_DOWN as exc:
             self.request.disconnect()
             self._collator = None

@@ -70,6 +70,7 @@ class Watch:
         self.say = say
         self.outages: dict[str, Outage] = {}
         self.words_left = LAST_WORDS_PER_CHECK
+        self.to_cancel: list[tuple[str, list[str]]] = []  # jobs of a lost incarnation
 
     # -- reporting ------------------------------------------------------------
 
@@ -101,10 +102,11 @@ class Watch:
                 return None
             self._keep_worker_user(broker)
             self._reap_expired(broker)
+            self._cancel_leftovers()
             state = self._scheduler_state()
             if state is not None:
                 self._judge(broker, state)
-                self._start_retries(broker, state)
+            self._start_retries(broker, state)
         except BROKER_DOWN as exc:
             request.disconnect()
             self.unreachable("the broker", f"{type(exc).__name__}: {exc}")
@@ -127,11 +129,22 @@ class Watch:
         self.say(f"sheepdog: the broker lost request {request.request_id} ({what}); pushing"
                  f" its {len(pending)} unfinished task(s) again from the dbfile")
         request.disconnect()
-        job_ids = repush.push_again(request, pending, fresh=False,
-                                    label=f"recover-{int(time.time())}")
+        pushed = repush.push_again(request, pending, fresh=False,
+                                   label=f"recover-{int(time.time())}")
+        if pushed.not_cancelled[1]:
+            self.to_cancel.append(pushed.not_cancelled)
+        if pushed.launch_error is not None:
+            self.unreachable(f"the {request.row.scheduler} scheduler",
+                             f"starting the tasks again failed: {pushed.launch_error}")
+            return
         self.say(f"sheepdog: request {request.request_id} goes on as broker request"
                  f" {request.row.broker_request}, {request.row.scheduler} job"
-                 f" {','.join(job_ids)}")
+                 f" {','.join(pushed.job_ids)}")
+
+    def _cancel_leftovers(self) -> None:
+        """Jobs of a lost incarnation whose cancel failed: try again."""
+        self.to_cancel = [(name, left) for name, job_ids in self.to_cancel
+                          if (left := repush.cancel_jobs(self.request, name, job_ids))]
 
     def _keep_worker_user(self, broker: Broker) -> None:
         """A restarted broker forgets ACL users: make the request's again, same password."""
@@ -250,10 +263,10 @@ class Watch:
             reason += f"; the scheduler's record:\n{said}"
         cancel_request(request, broker, reason)
 
-    def _start_retries(self, broker: Broker, state: JobState) -> None:
+    def _start_retries(self, broker: Broker, state: JobState | None) -> None:
         request = self.request
         scheduler = request.session.scheduler()
-        if scheduler.takes_retries and state.active:
+        if scheduler.takes_retries and state is not None and state.active:
             return  # its running jobs start them
         row = request.row
         waiting = broker.take_retries(row.broker_request, row.token)

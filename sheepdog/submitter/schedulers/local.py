@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+from dataclasses import replace
 from pathlib import Path
 
 from sheepdog.errors import SubmitError
@@ -92,8 +93,9 @@ class LocalScheduler:
 
     def submit(self, job: ArrayJob) -> list[str]:
         job_file = job.local_dir / JOB_FILE
-        if not job_file.exists():
-            job.job_file.dump(job_file)  # the same for every job of the request
+        if not job_file.exists():  # the same for every job of the request: the runner
+            # gives each worker its task's own index, so the file lists no tasks
+            replace(job.job_file, indices=None).dump(job_file)
         tasks_file = job.local_dir / f"tasks-{job.label}.json"
         indices = job.job_file.indices or list(range(1, job.size + 1))
         tasks_file.write_text(json.dumps(indices))
