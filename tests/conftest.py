@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -47,32 +48,79 @@ def sheepdog_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     embedded.stop(home / "broker")
 
 
-@pytest.fixture(scope="session")
-def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = os.environ.get("SHEEPDOG_TEST_SERVER") or str(embedded.server_binary())
-    workdir = tmp_path_factory.mktemp("server")
-    password = secrets.token_hex(16)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
-         "--dir", str(workdir), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    url = f"redis://:{password}@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+def wait_until_answering(proc: subprocess.Popen[bytes], client: redis.Redis,
+                         log: Path | None = None) -> None:
+    """Until a server we just started answers PING (10 s at most)."""
     deadline = time.monotonic() + 10
     while True:
         try:
             client.ping()
-            break
+            return
         except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise
+            if proc.poll() is not None or time.monotonic() > deadline:
+                said = log.read_text() if log is not None and log.exists() else ""
+                raise RuntimeError(f"the server did not start: {said}") from None
             time.sleep(0.05)
-    client.close()
-    yield url
-    proc.terminate()
-    proc.wait(10)
+
+
+class Server:
+    """A real valkey-server on a loopback port with a password, which a test may kill."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.password = secrets.token_hex(16)
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        """Start it - empty: no persistence, as an admin's restart without it."""
+        binary = os.environ.get("SHEEPDOG_TEST_SERVER") or str(embedded.server_binary())
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--requirepass", self.password, "--dir", str(self.workdir), "--save", "",
+             "--appendonly", "no", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        client = self.client()
+        try:
+            wait_until_answering(self.proc, client)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """kill -9: everything it held in memory is gone."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+class Trap:
+    """Unpickling this runs a command: it must never happen to a payload we did not sign."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="session")
+def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = Server(tmp_path_factory.mktemp("server"))
+    server.start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

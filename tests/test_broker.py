@@ -15,6 +15,8 @@ from sheepdog.broker.client import Broker
 from sheepdog.submitter import paths
 from sheepdog.worker_bootstrap.environment import TASK_INDEX_VARS, JobFile
 
+from .conftest import Trap
+
 KEY = b"k" * 32
 TOKEN = "r" * 32
 
@@ -177,22 +179,13 @@ def test_worker_refuses_a_different_python_and_says_which(
     assert "submitted from Python 3.2.1" in error and "'shell' config key" in error
 
 
-class _Trap:
-    """Unpickling this runs code: it must never happen for a payload we did not sign."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
-
 
 def test_worker_does_not_unpickle_a_payload_with_a_bad_signature(
     server_url: str, raw: redis.Redis, tmp_path: Path
 ) -> None:
     marker = tmp_path / "pwned"
     _broker, job, path = _pending_request(
-        server_url, _Trap(marker), [(1,)], tmp_path, key=b"x" * 32
+        server_url, Trap(marker), [(1,)], tmp_path, key=b"x" * 32
     )
     assert _run_worker(path, 1).returncode == 0
     assert not marker.exists()

@@ -39,7 +39,7 @@ from sheepdog.broker import resp
 from sheepdog.errors import BrokerError
 from sheepdog.submitter.store import Store
 
-from ..conftest import _free_port, run_python
+from ..conftest import _free_port, run_python, wait_until_answering
 
 REDIS_SERVER = Path(os.environ.get("SHEEPDOG_TLS_SERVER", "/usr/bin/redis-server"))
 
@@ -182,20 +182,6 @@ def _start(binary: Path, pki: Pki, password: str, port: int, bind: str, workdir:
         log.close()
 
 
-def _wait_until_answering(proc: subprocess.Popen[bytes], client: redis.Redis, log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the TLS redis-server did not start:\n{log.read_text()}") from None
-            time.sleep(0.05)
-        finally:
-            client.close()
-
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
@@ -217,9 +203,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
         procs.append(_start(binary, pki, broker.password, broker.mtls_port, "127.0.0.1",
                             base / "mtls", "--tls-auth-clients", "yes",
                             "--tls-ca-cert-file", str(pki.ca)))
-        _wait_until_answering(procs[0], redis.Redis.from_url(broker.with_ca()),
+        wait_until_answering(procs[0], redis.Redis.from_url(broker.with_ca()),
                               base / "plain-auth" / "server.log")
-        _wait_until_answering(procs[1], redis.Redis.from_url(broker.with_client_cert()),
+        wait_until_answering(procs[1], redis.Redis.from_url(broker.with_client_cert()),
                               base / "mtls" / "server.log")
         yield broker
     finally:

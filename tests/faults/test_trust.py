@@ -23,6 +23,7 @@ from sheepdog.broker import codec, keys
 from sheepdog.submitter import paths
 from sheepdog.submitter.store import Store
 
+from ..conftest import Trap
 from .conftest import Server, rows, wait_for
 
 
@@ -32,15 +33,6 @@ def slow_double(x: int) -> int:
     time.sleep(1.5)
     return 2 * x
 
-
-class _Trap:
-    """Unpickling this runs a command: it must never happen to a payload we did not sign."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_forged_replayed_and_garbage_entries_are_incidents_never_unpickled(
@@ -53,7 +45,7 @@ def test_forged_replayed_and_garbage_entries_are_incidents_never_unpickled(
     raw = server.client()
     wait_for(lambda: raw.xlen(stream) >= 1, what="the first outcome")
     [(_id, genuine)] = raw.xrange(stream)  # task 1's real, signed outcome
-    bomb = msgpack.packb([1, codec.KIND_PICKLE, b"\0" * 32, pickle.dumps(_Trap(marker))])
+    bomb = msgpack.packb([1, codec.KIND_PICKLE, b"\0" * 32, pickle.dumps(Trap(marker))])
     forged = [
         {"index": 2, "attempt": 1, "status": "ok", "payload": bomb, "mac": "0" * 64},
         {**genuine, b"index": b"3"},  # a valid entry replayed under another index
@@ -83,7 +75,7 @@ def test_a_dbfile_result_without_our_signature_is_not_unpickled(
     rid = sheepdog.map_async(tuple, [[1, 2]], {"dbfile": dbfile})
     assert sheepdog.get_results(rid, dbfile) == [([1, 2], (1, 2))]
     marker = tmp_path / "pwned"
-    bomb = codec.encode(_Trap(marker), b"not the key" * 3, codec.VALUE_CONTEXT)
+    bomb = codec.encode(Trap(marker), b"not the key" * 3, codec.VALUE_CONTEXT)
     with sqlite3.connect(dbfile) as db:  # someone edits the dbfile
         db.execute("UPDATE results SET value = ?", (bomb,))
     with pytest.raises(sheepdog.IntegrityError, match="does not carry this request's signature"):
