@@ -122,6 +122,11 @@ class Watch:
 
     def _recover(self, broker: Broker) -> None:
         request = self.request
+        seen = (request.row.broker_id, request.row.broker_request)
+        request.reload()
+        if (request.row.broker_id, request.row.broker_request) != seen:
+            request.disconnect()  # another process waiting for it pushed it again already
+            return
         pending = [t.idx for t in request.store.tasks(request.request_id, statuses=("",))]
         before = request.row.broker_id
         what = ("its data was replaced" if broker.current_id() != before
