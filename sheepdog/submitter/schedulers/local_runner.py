@@ -143,8 +143,11 @@ class LocalRunner:
                 "reading the tasks", lambda ch: ch.conn.execute_command("HKEYS", keys.tasks(rid)))}
             yield from (i for i in self.indices if i in pending)
         while True:
-            flat = self.link.call("taking retries", lambda ch: ch.eval_script(
-                scripts.TAKE_RETRIES, rid, [token]))
+            try:  # asked once, as in _retries_waiting
+                flat = self.link.call("taking retries", lambda ch: ch.eval_script(
+                    scripts.TAKE_RETRIES, rid, [token]), patience=0)
+            except BrokerError:
+                return
             if not flat:
                 return
             yield from sorted(int(flat[i]) for i in range(0, len(flat), 2))
@@ -213,9 +216,16 @@ class LocalRunner:
                     os.kill(run.proc.pid, signal.SIGKILL)
 
     def _retries_waiting(self) -> bool:
+        """Whether tasks wait for a retry, asked once: with nothing left to run, the
+        runner does not wait for a broker that is gone (the waiting side starts a new
+        runner for retries it finds later)."""
         rid = self.job.request_id
-        return bool(self.link.call(
-            "reading retries", lambda ch: ch.conn.execute_command("HLEN", keys.retry(rid))))
+        try:
+            return bool(self.link.call(
+                "reading retries", lambda ch: ch.conn.execute_command("HLEN", keys.retry(rid)),
+                patience=0))
+        except BrokerError:
+            return False
 
 
 def _detach(log_file: str) -> None:
