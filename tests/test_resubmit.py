@@ -48,6 +48,8 @@ def test_resubmit_runs_the_failed_tasks_and_their_new_outcomes_replace_the_old(
     assert earlier == [(2, 1, "error"), (4, 1, "error")]  # the old outcomes are history
     assert sorted(now) == [(2, 2), (4, 2)]
     assert sheepdog.resubmit(rid, dbfile) == 0  # nothing failed any more
+    with Store(dbfile) as store:
+        assert store.request(rid).broker_request == rid  # the id in the keys is still its id
 
 
 def test_resubmit_works_after_the_broker_forgot_the_request(

@@ -46,8 +46,9 @@ def push_again(request: OpenRequest, indices: list[int], *, fresh: bool, label: 
     key = request.key
     not_cancelled = (job_name(old),
                      cancel_jobs(request, job_name(old), [j for j in old.job_ids.split(",") if j]))
-    if broker.broker_id == old.broker_id and broker.request_exists(old.broker_request):
-        broker.delete_request(old.broker_request)  # collated already: the dbfile has it all
+    same_broker = broker.broker_id == old.broker_id
+    if same_broker:  # its old keys are ours, collated already: the dbfile has it all
+        broker.delete_request(old.broker_request)
     last = store.last_attempts(old.request_id)
     firsts = store.firsts(old.request_id)
     if fresh:
@@ -56,7 +57,9 @@ def push_again(request: OpenRequest, indices: list[int], *, fresh: bool, label: 
     placeholders = {
         i: f"{last[i]} {firsts[i]} 0 -" for i in indices if last.get(i, 0) > 0
     }
-    new_id = broker.new_request_id(1)
+    # The same id on the same broker (its INCR never gives it out again); after a
+    # broker lost its data, a fresh one: the old id may be someone else's now.
+    new_id = old.broker_request if same_broker else broker.new_request_id(1)
     store.add_broker(broker.broker_id, old.location)
     request.update(broker_id=broker.broker_id, broker_request=new_id, status="submitted",
                    job_ids="", settings=json.dumps(session.settings.public()))
