@@ -316,3 +316,27 @@ def test_a_missing_ssh_keyfile_is_named(dbfile: str) -> None:
               "ssh_keyfile": "/no/such/key", "dbfile": dbfile}
     with pytest.raises(SSHError, match="ssh_keyfile '/no/such/key' does not exist"):
         sheepdog.map(abs, [1], config)
+
+
+def test_redact_hides_passwords_in_every_url_form() -> None:
+    from sheepdog.broker.urls import redact
+
+    assert redact("unix:///tmp/s.sock?password=x&db=2") == "unix:///tmp/s.sock?password=***&db=2"
+    assert redact("unix://:pw@/tmp/s.sock") == "unix://:***@/tmp/s.sock"
+    assert redact("rediss://u:pw@h:1/0?ssl_password=k") == "rediss://u:***@h:1/0?ssl_password=***"
+    assert redact("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_a_failed_unix_socket_connect_leaks_no_socket(tmp_path: Path) -> None:
+    import warnings
+
+    from sheepdog.broker import resp
+    from sheepdog.errors import BrokerError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with pytest.raises(BrokerError, match="cannot reach the broker"):
+            resp.connect(f"unix://{tmp_path}/nothing.sock")
+        import gc
+
+        gc.collect()  # an unclosed socket would warn here

@@ -82,8 +82,12 @@ def _open_socket(url: str, timeout: float) -> socket.socket:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(parts.path)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(parts.path)
+        except BaseException:
+            sock.close()
+            raise
         return sock
     host = parts.hostname or "localhost"
     context = tls_context(url) if parts.scheme == "rediss" else None  # before any socket

@@ -39,6 +39,8 @@ def redact(url: str) -> str:
         host = parts.hostname or ""
         netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     query = "&".join(q.split("=", 1)[0] + "=***" if _secret(q) else q for q in params)
+    if not netloc:  # unix:///path: urlunsplit would drop the '//'
+        return f"{parts.scheme}://{parts.path}" + (f"?{query}" if query else "")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
