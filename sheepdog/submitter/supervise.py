@@ -71,6 +71,8 @@ class Watch:
         self.outages: dict[str, Outage] = {}
         self.words_left = LAST_WORDS_PER_CHECK
         self.to_cancel: list[tuple[str, list[str]]] = []  # jobs of a lost incarnation
+        self.broker_back_at = float("-inf")  # monotonic time the broker answered again
+        self.suspects: dict[tuple[int, str], float] = {}  # expired leases first seen, when
 
     # -- reporting ------------------------------------------------------------
 
@@ -86,6 +88,8 @@ class Watch:
 
     def reachable(self, what: str) -> None:
         outage = self.outages.pop(what, None)
+        if outage is not None and what == "the broker":
+            self.broker_back_at = time.monotonic()
         if outage is not None and outage.said_at is not None:
             self.say(f"sheepdog: {what} reachable again after {time.time() - outage.since:.0f} s")
 
@@ -187,17 +191,36 @@ class Watch:
                                    cause="", fields=fields, check=check)
 
     def _reap_expired(self, broker: Broker) -> None:
+        """Lost: attempts whose lease ran out while the broker could take heartbeats.
+
+        A lease seen expired is only suspect; it is reaped if it is still expired
+        ``2 * heartbeat_interval + 1`` s later - a live worker whose heartbeats
+        could not land (the broker was busy, loading, unreachable) gets one through
+        by then. After an outage this watch saw, nothing is reaped until a whole
+        lease has passed with the broker answering.
+        """
         row = self.request.row
-        lease = self.request.session.settings.lease_timeout
+        settings = self.request.session.settings
+        lease = settings.lease_timeout
+        now = time.monotonic()
+        if now < self.broker_back_at + lease:
+            return
+        settle = 2 * settings.heartbeat_interval + 1.0
+        suspects: dict[tuple[int, str], float] = {}
         lost = []
         for index, claim, deadline in broker.expired(row.broker_request, row.token):
             if claim is None or claim.holder == "-":
+                continue
+            first_seen = self.suspects.get((index, claim.holder), now)
+            if now - first_seen < settle:
+                suspects[(index, claim.holder)] = first_seen
                 continue
             reason = (f"no heartbeat from {claim.host} pid {claim.pid} since"
                       f" {clock(deadline - lease)} (its lease ran out at {clock(deadline)}):"
                       " the worker died (killed, out of memory, node lost) or hung")
             if self._lose(broker, index, claim, reason, "expired") in (1, 2):
                 lost.append((index, claim.attempt, reason))
+        self.suspects = suspects
         self._say_lost(lost)
 
     def _say_lost(self, lost: list[tuple[int, int, str]]) -> None:

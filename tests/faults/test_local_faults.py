@@ -241,18 +241,28 @@ def test_a_result_too_large_for_the_broker_is_a_clear_error(tmp_path: Path) -> N
         limited.proc.wait(10)
 
 
-def test_a_busy_broker_is_ridden_out(server: Server, dbfile: str) -> None:
-    """A script keeps the broker BUSY for 3 s while workers record: they wait, then record."""
+def eight_seconds(x: int) -> int:
+    import time
+
+    time.sleep(8)
+    return x * x
+
+
+def test_a_busy_broker_is_ridden_out(server: Server, dbfile: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script keeps the broker BUSY for 5 s, longer than the tasks' 3 s leases, while
+    they run: their heartbeats cannot land, yet none of them is declared lost."""
     import threading
 
+    monkeypatch.setattr(results, "LIVENESS_INTERVAL", 0.2)  # look the moment it is back
     admin = server.client()
     admin.config_set("busy-reply-threshold", 100)  # BUSY replies after 0.1 s of a script
     config = {"broker_url": server.url, "dbfile": dbfile, "local_workers": 3, **FAST_LEASES}
-    rid = sheepdog.map_async(slow_square, range(3), config)
+    rid = sheepdog.map_async(eight_seconds, range(3), config)
     wait_for(lambda: admin.zcard(keys.leases(rid)) == 3, what="the tasks to start")
     busy = threading.Thread(target=admin.eval, args=(
         "local t = redis.call('TIME') local s = tonumber(t[1])"
-        " while tonumber(redis.call('TIME')[1]) < s + 3 do end return 1", 0))
+        " while tonumber(redis.call('TIME')[1]) < s + 5 do end return 1", 0))
     busy.start()
     try:
         assert sheepdog.get_results(rid, dbfile, timeout=60) == [(x, x * x) for x in range(3)]
@@ -260,5 +270,53 @@ def test_a_busy_broker_is_ridden_out(server: Server, dbfile: str) -> None:
         busy.join()
         admin.close()
     with Store(dbfile) as found:
-        said = " ".join(found.outcome_detail(rid, i)["stderr"] for i in (1, 2, 3))  # type: ignore[index]
+        said = " ".join(found.outcome_detail(rid, i)["stderr"] or ""  # type: ignore[index]
+                        for i in (1, 2, 3))
+        assert found.retried(rid) == 0  # alive all along: none of them was declared lost
     assert "the broker is unavailable (RespError: BUSY" in said  # and the task went on
+
+
+def test_an_expired_lease_is_reaped_only_if_it_stays_expired(dbfile: str) -> None:
+    """A lease that ran out while its worker could not heartbeat (stopped here; a busy or
+    unreachable broker in life) is only suspect: a heartbeat that lands soon after saves
+    it. Only a lease still expired a while later means a dead worker."""
+    from sheepdog.submitter.supervise import Watch
+
+    config = {"dbfile": dbfile, "local_workers": 1, **FAST_LEASES}  # heartbeat 0.5, lease 3
+    rid = sheepdog.map_async(eight_seconds, [4], config)
+    wait_for(lambda: 1 in _claims(rid, dbfile), what="the task to start")
+    worker = int(_claims(rid, dbfile)[1].pid)  # type: ignore[attr-defined]
+    said: list[str] = []
+    with results.open_request(rid, dbfile) as request:
+        broker = request.connect()
+        watch = Watch(request, said.append)
+
+        def expired() -> bool:
+            return bool(broker.expired(request.row.broker_request, request.row.token))
+
+        os.kill(worker, signal.SIGSTOP)
+        wait_for(expired, timeout=10, what="the lease to run out")
+        watch.check()  # seen expired once: suspect, not lost
+        os.kill(worker, signal.SIGCONT)
+        wait_for(lambda: not expired(), timeout=5, what="a heartbeat")
+        time.sleep(2.5)  # longer than it takes to settle (2 x 0.5 + 1 s)
+        watch.check()
+        assert broker.claims(request.row.broker_request)[1].holder != "-"  # not reaped
+
+        watch.unreachable("the broker", "test")  # an outage this watch saw...
+        watch.reachable("the broker")
+        back = time.monotonic()
+        os.kill(worker, signal.SIGSTOP)
+
+        def reaped() -> bool:
+            watch.check()
+            return broker.claims(request.row.broker_request)[1].holder == "-"
+
+        try:  # ... then a worker that stays silent is lost: not before a whole lease
+            wait_for(reaped, timeout=15, what="the silent worker to be declared lost")
+            assert time.monotonic() - back >= FAST_LEASES["lease_timeout"]
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # its runner may have killed it
+                os.kill(worker, signal.SIGCONT)
+    assert any("lost (task 1, attempt 1: no heartbeat" in line for line in said)
+    assert sheepdog.get_results(rid, dbfile, timeout=60) == [(4, 16)]  # its retry
