@@ -23,7 +23,6 @@ from sheepdog.broker.tasks import (
     RETRIED,
     ClaimReply,
     TaskChannel,
-    signed_fields,
 )
 from sheepdog.errors import BrokerError
 from sheepdog.submitter import paths
@@ -67,10 +66,9 @@ def _claim(channel: TaskChannel, rid: int, index: int, holder: str, lease: float
 
 def _record(channel: TaskChannel, rid: int, index: int, holder: str, attempt: int,
             status: str = "ok", cause: str = "", check: str = "") -> int:
-    fields = signed_fields(KEY, TOKEN, index, attempt, status, cause,
-                           {"payload": b"v"} if status == "ok" else {"error": "boom"})
-    return channel.record(rid, TOKEN, index, holder=holder, attempt=attempt, status=status,
-                          cause=cause, fields=fields, check=check)
+    fields: dict[str, str | bytes] = {"payload": b"v"} if status == "ok" else {"error": "boom"}
+    return channel.record(rid, TOKEN, index, key=KEY, holder=holder, attempt=attempt,
+                          status=status, cause=cause, fields=fields, check=check)
 
 
 def test_meta_is_plain_text_and_empty_for_unknown(channel: TaskChannel, request_id: int) -> None:
@@ -186,9 +184,9 @@ def test_a_request_whose_id_was_reused_is_not_touched(
 
 
 def test_reject_only_for_a_known_request(channel: TaskChannel, request_id: int) -> None:
-    fields = signed_fields(KEY, TOKEN, 7, 0, "rejected", "", {"index": "7", "error": "no"})
-    assert channel.reject(request_id, TOKEN, fields)
-    assert not channel.reject(request_id + 100, TOKEN, fields)
+    fields: dict[str, str | bytes] = {"index": "7", "error": "no"}
+    assert channel.reject(request_id, TOKEN, 7, key=KEY, fields=fields)
+    assert not channel.reject(request_id + 100, TOKEN, 7, key=KEY, fields=fields)
     assert channel.meta(request_id)["n_rejected"] == "1"
 
 

@@ -60,7 +60,7 @@ class Claim:
 FINAL, RETRIED, NOT_HOLDER, GONE, CANCELLED = 1, 2, 0, -1, -2
 
 
-def signed_fields(
+def _signed(
     key: bytes, token: str, index: int, attempt: int, status: str, cause: str,
     fields: Mapping[str, str | bytes],
 ) -> dict[str, str | bytes]:
@@ -111,20 +111,25 @@ class TaskChannel:
                                     [token, index, holder, f"{lease:.3f}"]))
 
     def record(
-        self, request_id: int, token: str, index: int, *, holder: str, attempt: int,
-        status: str, cause: str, fields: Mapping[str, str | bytes], check: str = "",
+        self, request_id: int, token: str, index: int, *, key: bytes, holder: str,
+        attempt: int, status: str, cause: str, fields: Mapping[str, str | bytes],
+        check: str = "",
     ) -> int:
-        """Record how an attempt ended (already signed ``fields``); see ``scripts.RECORD``."""
+        """Record how an attempt ended, signed here with ``key`` over exactly what is
+        recorded; see ``scripts.RECORD``."""
         if status not in keys.OUTCOMES:
             raise ValueError(f"unknown status {status!r}")
+        signed = _signed(key, token, index, attempt, status, cause, fields)
         argv: list[Any] = [token, index, holder, attempt, status, cause, check]
-        for name, value in fields.items():
+        for name, value in signed.items():
             argv += [name, value]
         return int(self.eval_script(scripts.RECORD, request_id, argv))
 
-    def reject(self, request_id: int, token: str, fields: Mapping[str, str | bytes]) -> bool:
+    def reject(self, request_id: int, token: str, index: int, *, key: bytes,
+               fields: Mapping[str, str | bytes]) -> bool:
+        """Record that a worker asked for ``index``, which is not part of the request."""
         argv: list[Any] = [token]
-        for name, value in fields.items():
+        for name, value in _signed(key, token, index, 0, "rejected", "", fields).items():
             argv += [name, value]
         return bool(self.eval_script(scripts.REJECT, request_id, argv))
 

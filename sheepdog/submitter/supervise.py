@@ -30,7 +30,7 @@ import redis
 
 from sheepdog.broker import codec
 from sheepdog.broker.client import Broker
-from sheepdog.broker.tasks import Claim, signed_fields
+from sheepdog.broker.tasks import Claim
 from sheepdog.errors import BrokerError, SheepdogError
 from sheepdog.submitter import repush
 from sheepdog.submitter.brokers import worker_login
@@ -181,14 +181,13 @@ class Watch:
         said = self._last_words(claim)
         if said:
             reason += f"; the scheduler's record:\n{said}"
-        fields = signed_fields(
-            request.key, request.row.token, index, claim.attempt, "lost", "",
-            {"error": reason, "host": claim.host, "pid": claim.pid, "job": claim.job,
-             "started": f"{claim.started:.6f}", "finished": f"{time.time():.6f}"},
-        )
+        fields: dict[str, str | bytes] = {
+            "error": reason, "host": claim.host, "pid": claim.pid, "job": claim.job,
+            "started": f"{claim.started:.6f}", "finished": f"{time.time():.6f}"}
         return broker.tasks.record(request.row.broker_request, request.row.token, index,
-                                   holder=claim.holder, attempt=claim.attempt, status="lost",
-                                   cause="", fields=fields, check=check)
+                                   key=request.key, holder=claim.holder,
+                                   attempt=claim.attempt, status="lost", cause="",
+                                   fields=fields, check=check)
 
     def _reap_expired(self, broker: Broker) -> None:
         """Lost: attempts whose lease ran out while the broker could take heartbeats.

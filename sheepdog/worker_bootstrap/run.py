@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sheepdog.broker import codec, keys
-from sheepdog.broker.tasks import FINAL, RETRIED, ClaimReply, TaskChannel, signed_fields
+from sheepdog.broker.tasks import FINAL, RETRIED, ClaimReply, TaskChannel
 from sheepdog.broker.urls import redact
 from sheepdog.errors import BrokerError, SheepdogError
 from sheepdog.worker_bootstrap.capture import Capture
@@ -208,11 +208,11 @@ class Attempt:
 
     def _send(self, attempt: int, status: str, cause: str, fields: Fields) -> int:
         job = self.job
-        signed = signed_fields(self.key, job.token, self.index, attempt, status, cause, fields)
         return self.link.call(
             f"recording task {self.index}",
-            lambda ch: ch.record(job.request_id, job.token, self.index, holder=self.holder,
-                                 attempt=attempt, status=status, cause=cause, fields=signed),
+            lambda ch: ch.record(job.request_id, job.token, self.index, key=self.key,
+                                 holder=self.holder, attempt=attempt, status=status,
+                                 cause=cause, fields=fields),
         )
 
     def reject(self, n_tasks: str) -> int:
@@ -220,9 +220,9 @@ class Attempt:
                   f" (1..{n_tasks})")
         fields: Fields = {"index": str(self.index), "error": reason, "host": self.host,
                           "pid": str(self.pid), "job": self.job_ref}
-        signed = signed_fields(self.key, self.job.token, self.index, 0, "rejected", "", fields)
         self.link.call("recording a rejected index",
-                       lambda ch: ch.reject(self.job.request_id, self.job.token, signed))
+                       lambda ch: ch.reject(self.job.request_id, self.job.token, self.index,
+                                            key=self.key, fields=fields))
         log(reason)
         return EXIT_REJECTED
 

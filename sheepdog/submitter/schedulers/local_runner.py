@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO
 
 from sheepdog.broker import keys, scripts
-from sheepdog.broker.tasks import Claim, TaskChannel, signed_fields
+from sheepdog.broker.tasks import Claim, TaskChannel
 from sheepdog.errors import BrokerError
 from sheepdog.submitter.schedulers.local import job_id_for
 from sheepdog.worker_bootstrap.capture import tail
@@ -112,14 +112,12 @@ class LocalRunner:
             return  # another worker holds it: not ours to judge
         else:  # the worker died before it claimed the task: this was its next attempt
             holder, attempt = "-", (claim.attempt if claim else 0) + 1
-        fields = signed_fields(
-            self.key, self.job.token, index, attempt, "lost", "",
-            {"error": reason, "stderr": output, "host": self.host, "pid": str(pid or ""),
-             "job": f"{os.getpid()}.{index}"},
-        )
+        fields: dict[str, str | bytes] = {
+            "error": reason, "stderr": output, "host": self.host, "pid": str(pid or ""),
+            "job": f"{os.getpid()}.{index}"}
         self.link.call(f"recording task {index} as lost", lambda ch: ch.record(
-            rid, token, index, holder=holder, attempt=attempt, status="lost", cause="",
-            fields=fields))
+            rid, token, index, key=self.key, holder=holder, attempt=attempt, status="lost",
+            cause="", fields=fields))
 
     def _finished(self, run: Running) -> None:
         code = run.proc.returncode
