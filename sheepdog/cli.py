@@ -110,9 +110,7 @@ def status(ctx: click.Context, request_id: int | None, dbfile: str) -> None:
         remaining = row.n_tasks - sum(counts.values())
         state = "(broker unreachable)"
         with contextlib.suppress(SheepdogError, redis.RedisError, OSError):
-            meta = request.connect().meta(row.broker_request)
-            state = meta.get("status", "gone from the broker") \
-                if meta.get("token", row.token) == row.token else "gone from the broker"
+            state = request.meta().get("status", "gone from the broker")
         on_broker = "" if row.broker_request == request_id else \
             f", request {row.broker_request} on its broker"
         click.echo(f"request {request_id}: {row.function}, {row.n_tasks} tasks,"

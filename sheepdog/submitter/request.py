@@ -60,6 +60,12 @@ class OpenRequest:
                                                       self.session)
         return self._broker
 
+    def meta(self) -> dict[str, str]:
+        """The broker's meta of this request; {} if the broker holds no such request
+        (gone, or its id belongs to another request now)."""
+        found = self.connect().meta(self.row.broker_request)
+        return found if found.get("token") == self.row.token else {}
+
     def disconnect(self) -> None:
         if self._broker is not None:
             with contextlib.suppress(Exception):

@@ -16,10 +16,9 @@ from typing import Any
 from sheepdog.errors import ConfigError, RequestFailed, SubmitError
 from sheepdog.submitter import config, repush, results
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.request import FINAL, OpenRequest, open_request
+from sheepdog.submitter.request import FINAL, open_request
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import Store
-from sheepdog.submitter.supervise import BROKER_DOWN
 
 #: Keys that name where a request lives: a resubmit runs it there again.
 FIXED_KEYS = ("host", "broker_url", "dbfile", "scheduler", "ssh_port", "ssh_user")
@@ -54,7 +53,7 @@ def resubmit_request(
             results.settle_submission(request, timeout=None)
         if request.row.status not in (*FINAL, "incomplete"):
             results.collect_available(request)
-            if not _over_on_broker(request):
+            if not results.over_on_broker(request):
                 raise RequestFailed(
                     f"request {request_id} is still running ({request.done()} of"
                     f" {row.n_tasks} tasks have an outcome); wait for it with"
@@ -81,10 +80,3 @@ def resubmit_request(
                   f" {request.row.scheduler} job {','.join(pushed.job_ids)}")
         return len(indices)
 
-
-def _over_on_broker(request: OpenRequest) -> bool:
-    try:
-        meta = request.connect().meta(request.row.broker_request)
-    except BROKER_DOWN:
-        return False
-    return meta.get("token") == request.row.token and meta.get("status") in FINAL

@@ -91,13 +91,11 @@ def settle_submission(request: OpenRequest, timeout: float | None) -> None:
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while request.row.status == "submitting":
-        broker = request.connect()
-        meta = broker.meta(request.row.broker_request)
-        if meta.get("token") == request.row.token and meta.get("status") != "submitting":
+        meta = request.meta()
+        if meta and meta.get("status") != "submitting":
             request.update(status="submitted")  # it died after the job was queued: all is well
             return
-        gone = _submitter_gone(request.row.submitter)
-        if meta.get("token") != request.row.token or gone:
+        if not meta or _submitter_gone(request.row.submitter):
             _abandon(request)
             return
         if deadline is not None and time.monotonic() >= deadline:
@@ -144,7 +142,7 @@ def finalise(request: OpenRequest) -> str:
     if request.row.status in FINAL:
         return request.row.status
     broker = request.connect()
-    meta = broker.meta(request.row.broker_request)
+    meta = request.meta()
     status = meta.get("status", "")
     if status in FINAL:
         request.update(status=status)
@@ -164,7 +162,7 @@ def _check_resynced(request: OpenRequest) -> None:
     done, total = request.done(), request.row.n_tasks
     if done < total:
         rid = request.request_id
-        status = request.connect().meta(request.row.broker_request).get("status")
+        status = request.meta().get("status")
         raise RequestFailed(
             f"request {rid}: the broker says it is {status}, but only {done} of {total}"
             " outcomes are in its results stream; the others were lost from the broker."
@@ -176,7 +174,7 @@ def _check_resynced(request: OpenRequest) -> None:
 def _reason(request: OpenRequest) -> str:
     """Why the request was cancelled, from the broker or the lost tasks in the dbfile."""
     with contextlib.suppress(*BROKER_DOWN):
-        reason = request.connect().meta(request.row.broker_request).get("reason")
+        reason = request.meta().get("reason")
         if reason:
             return reason
     lost = [t.error for t in request.store.tasks(request.request_id, statuses=("lost",))]
@@ -249,12 +247,13 @@ class _Waiter:
         time.sleep(1.0)
         return None
 
-    def finished_on_broker(self) -> bool:
-        """The broker says the request is over, though the dbfile lacks outcomes."""
-        with contextlib.suppress(*BROKER_DOWN):
-            meta = self.request.connect().meta(self.request.row.broker_request)
-            return meta.get("token") == self.request.row.token and meta.get("status") in FINAL
-        return False
+
+
+def over_on_broker(request: OpenRequest) -> bool:
+    """The broker says the request is over (False if it cannot be asked now)."""
+    with contextlib.suppress(*BROKER_DOWN):
+        return request.meta().get("status") in FINAL
+    return False
 
 
 def _collate_until_done(request: OpenRequest, verbose: bool, timeout: float | None) -> None:
@@ -277,7 +276,7 @@ def _collate_until_done(request: OpenRequest, verbose: bool, timeout: float | No
             if done >= total:
                 break
             if time.monotonic() >= next_check:
-                if collated == 0 and waiter.finished_on_broker():
+                if collated == 0 and over_on_broker(request):  # the dbfile lacks outcomes
                     waiter.resync()
                     continue
                 state = waiter.watch.check()

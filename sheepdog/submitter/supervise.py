@@ -101,10 +101,11 @@ class Watch:
         request = self.request
         try:
             broker = request.connect()
-            if not self._holds_request(broker):
+            meta = request.meta() if broker.current_id() == request.row.broker_id else {}
+            if not meta:  # the broker lost its data, or the request
                 self._recover(broker)
                 return None
-            self._keep_worker_user(broker)
+            self._keep_worker_user(broker, meta.get("worker_user", ""))
             self._reap_expired(broker)
             self._cancel_leftovers()
             state = self._scheduler_state()
@@ -117,12 +118,6 @@ class Watch:
             return None
         self.reachable("the broker")
         return state
-
-    def _holds_request(self, broker: Broker) -> bool:
-        row = self.request.row
-        if broker.current_id() != row.broker_id:
-            return False
-        return broker.meta(row.broker_request).get("token") == row.token
 
     def _recover(self, broker: Broker) -> None:
         request = self.request
@@ -155,10 +150,9 @@ class Watch:
         self.to_cancel = [(name, left) for name, job_ids in self.to_cancel
                           if (left := repush.cancel_jobs(self.request, name, job_ids))]
 
-    def _keep_worker_user(self, broker: Broker) -> None:
+    def _keep_worker_user(self, broker: Broker, user: str) -> None:
         """A restarted broker forgets ACL users: make the request's again, same password."""
         request = self.request
-        user = broker.meta(request.row.broker_request).get("worker_user")
         if user and not broker.worker_user_exists(user):
             name, password = worker_login(request.key, request.row.broker_request,
                                           request.row.token)
