@@ -33,6 +33,7 @@ from sheepdog.errors import (
     SerialisationError,
     SheepdogError,
 )
+from sheepdog.submitter import repush
 from sheepdog.submitter.collator import Collator, StreamNotOurs
 from sheepdog.submitter.request import FINAL, OpenRequest, job_name, open_request
 from sheepdog.submitter.schedulers import job_id_list
@@ -105,13 +106,9 @@ def settle_submission(request: OpenRequest, timeout: float | None) -> None:
 
 
 def _abandon(request: OpenRequest) -> None:
-    """Clean up after a submitter that died mid-submit, and say so."""
+    """Clean up after a submitter that died mid-submit: none of what it left will be used."""
     row = request.row
-    session = request.session
-    with contextlib.suppress(Exception):  # whatever of it exists: none of it will be used
-        scheduler = session.scheduler()
-        scheduler.cancel(job_id_list(row.job_ids))
-        scheduler.forget(session.settings, job_name(row))
+    repush.cancel_jobs(request, job_name(row), job_id_list(row.job_ids))
     with contextlib.suppress(*BROKER_DOWN):
         request.connect().delete_request(row.broker_request)
     request.update(status="incomplete")
