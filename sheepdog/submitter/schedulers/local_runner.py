@@ -21,9 +21,8 @@ request's own credentials.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import functools
-import itertools
 import json
 import os
 import select
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import IO
 
 from sheepdog.broker import keys, scripts
-from sheepdog.broker.tasks import Claim, TaskChannel
+from sheepdog.broker.tasks import Claim
 from sheepdog.errors import BrokerError
 from sheepdog.submitter.schedulers.local import job_id_for
 from sheepdog.worker_bootstrap.capture import tail
@@ -48,10 +47,6 @@ from sheepdog.worker_bootstrap.link import BrokerLink
 
 #: Seconds between the runner's looks at its workers' claims (and at retries).
 CHECK_INTERVAL = 1.0
-
-
-def _claim_of(request_id: int, index: int, channel: TaskChannel) -> Claim | None:
-    return channel.claim_of(request_id, index)
 
 
 @dataclass
@@ -83,6 +78,8 @@ class LocalRunner:
         self.link = BrokerLink(self.job.broker_url, self.job.broker_patience)
         self.key = bytes.fromhex(self.job.key)
         self.host = socket.gethostname()
+        self._listed = self._listed_tasks()  # read from the broker on first use
+        self._retries: collections.deque[int] = collections.deque()
 
     def _start(self, index: int) -> Running | None:
         env = dict(os.environ, **{TASK_INDEX_VARS["local"]: str(index),
@@ -103,7 +100,7 @@ class LocalRunner:
     def _lost(self, index: int, pid: int | None, reason: str, output: str) -> None:
         """Record the attempt of ``index`` that worker ``pid`` was running as lost."""
         rid, token = self.job.request_id, self.job.token
-        claim = self.link.call("reading a claim", lambda ch: ch.claim_of(rid, index))
+        claim = self._claim(index)
         if claim is not None and pid is not None and claim.pid == str(pid):
             if claim.holder == "-":
                 return  # it claimed its task, and that attempt was declared lost already
@@ -133,40 +130,50 @@ class LocalRunner:
         )
         self._lost(run.index, run.proc.pid, reason, said)
 
-    def _todo(self, *, listed: bool = True) -> Iterator[int]:
-        """Listed tasks without an outcome, then retries as they come, until none is left."""
+    def _claim(self, index: int) -> Claim | None:
+        rid = self.job.request_id
+        return self.link.call("reading a claim", lambda ch: ch.claim_of(rid, index))
+
+    def _listed_tasks(self) -> Iterator[int]:
+        """The tasks of TASKS_FILE that have no outcome yet."""
+        rid = self.job.request_id
+        pending = {int(i) for i in self.link.call(
+            "reading the tasks", lambda ch: ch.conn.execute_command("HKEYS", keys.tasks(rid)))}
+        yield from (i for i in self.indices if i in pending)
+
+    def _next(self) -> int | None:
+        """The next task to start: a listed one, else one waiting for a retry, else None."""
+        index = next(self._listed, None)
+        if index is None and not self._retries:
+            self._retries.extend(self._take_retries())
+        if index is None and self._retries:
+            index = self._retries.popleft()
+        return index
+
+    def _take_retries(self) -> list[int]:
+        """Tasks waiting for a retry, now this runner's. Asked once, not waited for: with
+        the broker gone, the waiting side starts a new runner for retries it finds later."""
         rid, token = self.job.request_id, self.job.token
-        if listed:
-            pending = {int(i) for i in self.link.call(
-                "reading the tasks", lambda ch: ch.conn.execute_command("HKEYS", keys.tasks(rid)))}
-            yield from (i for i in self.indices if i in pending)
-        while True:
-            try:  # asked once, as in _retries_waiting
-                flat = self.link.call("taking retries", lambda ch: ch.eval_script(
-                    scripts.TAKE_RETRIES, rid, [token]), patience=0)
-            except BrokerError:
-                return
-            if not flat:
-                return
-            yield from sorted(int(flat[i]) for i in range(0, len(flat), 2))
+        try:
+            flat = self.link.call("taking retries", lambda ch: ch.eval_script(
+                scripts.TAKE_RETRIES, rid, [token]), patience=0)
+        except BrokerError:
+            return []
+        return sorted(int(flat[i]) for i in range(0, len(flat), 2))
 
     def run(self) -> None:
-        todo = self._todo()
         running: dict[int, Running] = {}
         wake = self._wake_on_child_exit()
         next_check = time.monotonic() + CHECK_INTERVAL
         while True:
-            while len(running) < self.workers:
-                index = next(todo, None)
+            while len(running) < self.workers:  # every wake-up, so retries start as they come
+                index = self._next()
                 if index is None:
                     break
                 run = self._start(index)
                 if run is not None:
                     running[run.proc.pid] = run
             if not running:
-                if self._retries_waiting():
-                    todo = self._todo(listed=False)
-                    continue
                 return
             select.select([wake], [], [], CHECK_INTERVAL)
             with contextlib.suppress(BlockingIOError):
@@ -175,8 +182,6 @@ class LocalRunner:
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + CHECK_INTERVAL
                 self._stop_fenced(running)
-                if len(running) < self.workers:
-                    todo = itertools.chain(todo, self._todo(listed=False))
 
     @staticmethod
     def _wake_on_child_exit() -> int:
@@ -204,26 +209,13 @@ class LocalRunner:
         Their outcome can no longer be recorded, and they hold a slot the
         retry needs.
         """
-        rid = self.job.request_id
         for run in list(running.values()):
-            claim = self.link.call("reading a claim", functools.partial(_claim_of, rid, run.index))
+            claim = self._claim(run.index)
             if claim is not None and claim.holder != "-" and claim.pid == str(run.proc.pid):
                 run.attempt = claim.attempt  # it holds its task
             elif run.attempt:  # it held it once, and no longer does
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(run.proc.pid, signal.SIGKILL)
-
-    def _retries_waiting(self) -> bool:
-        """Whether tasks wait for a retry, asked once: with nothing left to run, the
-        runner does not wait for a broker that is gone (the waiting side starts a new
-        runner for retries it finds later)."""
-        rid = self.job.request_id
-        try:
-            return bool(self.link.call(
-                "reading retries", lambda ch: ch.conn.execute_command("HLEN", keys.retry(rid)),
-                patience=0))
-        except BrokerError:
-            return False
 
 
 def _detach(log_file: str) -> None:
