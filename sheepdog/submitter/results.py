@@ -35,9 +35,9 @@ from sheepdog.errors import (
 )
 from sheepdog.submitter import repush
 from sheepdog.submitter.collator import Collator, StreamNotOurs
+from sheepdog.submitter.interpreter import process_start
 from sheepdog.submitter.request import FINAL, OpenRequest, job_name, open_request
 from sheepdog.submitter.schedulers import job_id_list
-from sheepdog.submitter.schedulers.local import process_start
 from sheepdog.submitter.store import TaskRow
 from sheepdog.submitter.supervise import (
     BROKER_DOWN,

@@ -26,7 +26,6 @@ import platform
 import secrets
 import socket
 import sys
-import sysconfig
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
@@ -39,9 +38,9 @@ from sheepdog.broker.client import Broker
 from sheepdog.submitter import credentials
 from sheepdog.submitter.brokers import connect_for_submit
 from sheepdog.submitter.config import Settings
+from sheepdog.submitter.interpreter import installed, process_start
 from sheepdog.submitter.launch import launch, worker_access
 from sheepdog.submitter.request import job_name
-from sheepdog.submitter.schedulers.local import process_start
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import RequestRow, Store
 
@@ -62,11 +61,6 @@ def function_name(f: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
-def _installed(path: str) -> bool:
-    roots = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return any(os.path.abspath(path).startswith(os.path.abspath(r) + os.sep) for r in roots)
-
-
 def user_modules(objects: Iterable[object]) -> list[ModuleType]:
     """Modules of ``objects`` that are the user's own code, not installed packages.
 
@@ -79,7 +73,7 @@ def user_modules(objects: Iterable[object]) -> list[ModuleType]:
         module = sys.modules.get(name or "")
         path = getattr(module, "__file__", None)
         if (module is None or path is None or name in ("__main__", None)
-                or str(name).split(".")[0] == "sheepdog" or _installed(path)):
+                or str(name).split(".")[0] == "sheepdog" or installed(path)):
             continue
         found.append(module)
     return found

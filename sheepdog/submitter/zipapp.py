@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import posixpath
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import cloudpickle
 import msgpack
 
 import sheepdog
+from sheepdog.submitter.remote import Remote
 
 #: The sheepdog modules a worker imports (checked by a test that imports
 #: nothing else from the zip).
@@ -80,3 +82,12 @@ def build() -> tuple[bytes, str]:
 
 def file_name(digest: str) -> str:
     return f"sheepdog-{digest[:16]}.pyz"
+
+
+def install(remote: Remote, directory: str) -> str:
+    """The path of this version's zipapp in ``directory``, written there if missing."""
+    data, digest = build()
+    path = posixpath.join(directory, file_name(digest))
+    if not remote.exists(path):
+        remote.put(path, data, 0o644)
+    return path

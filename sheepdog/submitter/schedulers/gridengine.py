@@ -209,13 +209,6 @@ class GridEngine:
         match = re.search(r"^max_aj_tasks\s+(\d+)", result.stdout, re.MULTILINE)
         return int(match.group(1)) if result.exit_status == 0 and match else DEFAULT_MAX_ARRAY
 
-    def _zipapp(self, ssh_dir: str) -> str:
-        data, digest = zipapp.build()
-        path = posixpath.join(ssh_dir, zipapp.file_name(digest))
-        if not self.remote.exists(path):
-            self.remote.put(path, data, 0o644)
-        return path
-
     def _probe(self, settings: Settings) -> None:
         """Run the worker's Python on the head node: it exists, and its version matches."""
         code = 'import sys; print("%d.%d" % sys.version_info[:2])'
@@ -243,12 +236,12 @@ class GridEngine:
         memory_limit(settings.ge_opts)  # a malformed mem_grab is refused here, not on a node
         self._probe(settings)
         if settings.ship_worker:
-            self._zipapp_path = self._zipapp(self._absolute(settings.ssh_dir))
+            self._zipapp_path = zipapp.install(self.remote, self._absolute(settings.ssh_dir))
 
     def submit(self, job: ArrayJob) -> list[str]:
         settings = job.settings
         if settings.ship_worker and self._zipapp_path is None:  # a later process: retries
-            self._zipapp_path = self._zipapp(self._absolute(settings.ssh_dir))
+            self._zipapp_path = zipapp.install(self.remote, self._absolute(settings.ssh_dir))
         ge_opts = scale_memory(settings.ge_opts, job.memory_factor)
         job_dir = self._job_dir(settings, job.name)
         job_file = posixpath.join(job_dir, f"job-{job.label}.json")

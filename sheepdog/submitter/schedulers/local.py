@@ -21,40 +21,18 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 from dataclasses import replace
 from pathlib import Path
 
 from sheepdog.errors import SubmitError
 from sheepdog.submitter import paths, zipapp
 from sheepdog.submitter.config import Settings
+from sheepdog.submitter.interpreter import part_of_interpreter, process_start
+from sheepdog.submitter.remote import LocalRemote
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 
 #: The job file every worker of a local request reads (one per request).
 JOB_FILE = "job.json"
-
-
-def process_start(pid: int) -> str:
-    """'<boot id>-<start time>' of process ``pid``; '' if it does not exist (or no /proc)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # a dead runner stays a zombie until init reaps it
-        return ""
-    return f"{boot}-{fields[19]}"
-
-
-def _ours(path: str) -> bool:
-    """Whether ``path`` belongs to this interpreter (stdlib, site-packages), not the user."""
-    roots = {sysconfig.get_paths()[name]
-             for name in ("stdlib", "platstdlib", "purelib", "platlib")}
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
-    absolute = os.path.abspath(path)
-    return any(absolute == os.path.abspath(r) or absolute.startswith(os.path.abspath(r) + os.sep)
-               for r in roots | prefixes)
 
 
 def job_id_for(pid: int) -> str:
@@ -110,7 +88,7 @@ class LocalScheduler:
         # interpreter gets only the user's own directories, not our stdlib.
         path = [p for p in sys.path if p]
         if command[-1] != "-m":
-            path = [p for p in path if not _ours(p)]
+            path = [p for p in path if not part_of_interpreter(p)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
         try:
             proc = subprocess.run(
@@ -135,13 +113,7 @@ class LocalScheduler:
         """
         if os.path.realpath(python) == os.path.realpath(sys.executable):
             return "-m"
-        data, digest = zipapp.build()
-        path = paths.home() / zipapp.file_name(digest)
-        if not path.exists():
-            temp = path.with_name(f".{path.name}.{os.getpid()}")
-            temp.write_bytes(data)
-            temp.replace(path)
-        return str(path)
+        return zipapp.install(LocalRemote(), str(paths.home()))
 
     def cancel(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
