@@ -184,19 +184,32 @@ def _qmaster_running(testbed: dict[str, str]) -> Iterator[None]:
 # -- the faults ----------------------------------------------------------------------
 
 
-def test_kill_9_of_a_worker_mid_task_is_lost_by_its_lease_and_retried(
-    config: dict[str, object], broker: redis.Redis, testbed: dict[str, str],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """The worker of task 3 is SIGKILLed on the node while tasks 1-6 run in one job."""
-    victim = 3
+def _six_tasks_with_a_victim(
+    config: dict[str, object], broker: redis.Redis, victim: int,
+) -> tuple[Mapping, sqlite3.Row, Claim]:
+    """Tasks 1-6 in one job (the victim takes 4 s, the others 15 s), once the victim runs:
+    the map, its dbfile row and the victim's claim. The caller stops the map."""
     args = [(x, 4.0 if x == victim else 15.0) for x in range(1, 7)]
     mapping = Mapping(args, dict(config, **FAST))
     try:
         row = mapping.submitted()
         wait_for(lambda: victim in running(broker, row["broker_request"]), 60,
                  f"task {victim} to start")
-        claim = running(broker, row["broker_request"])[victim]
+    except BaseException:
+        mapping.stop()
+        raise
+    return mapping, row, running(broker, row["broker_request"])[victim]
+
+
+
+def test_kill_9_of_a_worker_mid_task_is_lost_by_its_lease_and_retried(
+    config: dict[str, object], broker: redis.Redis, testbed: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The worker of task 3 is SIGKILLed on the node while tasks 1-6 run in one job."""
+    victim = 3
+    mapping, row, claim = _six_tasks_with_a_victim(config, broker, victim)
+    try:
         job_id = row["job_ids"].split(",")[0]
         assert claim.attempt == 1 and claim.job == f"{job_id}.{victim}"
         assert claim.host == socket.gethostname()  # the node is this machine
@@ -232,13 +245,8 @@ def test_qdel_of_one_running_array_task_is_retried(
 ) -> None:
     """``qdel JOB -t N`` on a running task: Grid Engine SIGKILLs it, the others go on."""
     victim = 2
-    args = [(x, 4.0 if x == victim else 15.0) for x in range(1, 7)]
-    mapping = Mapping(args, dict(config, **FAST))
+    mapping, row, claim = _six_tasks_with_a_victim(config, broker, victim)
     try:
-        row = mapping.submitted()
-        wait_for(lambda: victim in running(broker, row["broker_request"]), 60,
-                 f"task {victim} to start")
-        claim = running(broker, row["broker_request"])[victim]
         job_id, task = claim.job.split(".")
         assert job_id == row["job_ids"].split(",")[0] and task == str(victim)
         deleted = _ssh(testbed, f"qdel {job_id} -t {task}")

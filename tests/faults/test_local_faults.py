@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,31 +76,33 @@ def test_a_hung_worker_is_lost_by_its_lease_and_its_task_runs_again(dbfile: str)
     assert "no heartbeat from" in earlier["error"] and "its lease ran out" in earlier["error"]
 
 
-def test_broker_killed_and_restarted_empty_mid_request(server: Server, dbfile: str,
-                                                       capsys: pytest.CaptureFixture[str]
-                                                       ) -> None:
+def _restart_empty(server: Server) -> None:
+    server.kill()
+    server.start()  # empty: every key of the request is gone, and the broker's id
+
+
+def _flushall(server: Server) -> None:
+    client = server.client()
+    client.flushall()
+    client.close()
+
+
+@pytest.mark.parametrize("lose_data", [_restart_empty, _flushall],
+                         ids=["killed-and-restarted-empty", "flushall"])
+def test_broker_loses_its_data_mid_request(
+    server: Server, dbfile: str, capsys: pytest.CaptureFixture[str],
+    lose_data: Callable[[Server], None],
+) -> None:
     config = {"broker_url": server.url, "dbfile": dbfile, "local_workers": 2, **FAST_LEASES}
     rid = sheepdog.map_async(slow_square, range(8), config)
     client = server.client()
     wait_for(lambda: client.xlen(keys.results(rid)) >= 2, what="some outcomes")
     client.close()
-    server.kill()
-    server.start()  # empty: every key of the request is gone, and the broker's id
+    lose_data(server)
     assert sheepdog.get_results(rid, dbfile, timeout=90, verbose=True) == [
         (x, x * x) for x in range(8)]
     assert [r[0] for r in rows(dbfile, rid)] == list(range(1, 9))  # one row per task
     assert "the broker lost request" in capsys.readouterr().err
-
-
-def test_broker_flushall_mid_request(server: Server, dbfile: str) -> None:
-    config = {"broker_url": server.url, "dbfile": dbfile, "local_workers": 2, **FAST_LEASES}
-    rid = sheepdog.map_async(slow_square, range(8), config)
-    client = server.client()
-    wait_for(lambda: client.xlen(keys.results(rid)) >= 2, what="some outcomes")
-    client.flushall()
-    client.close()
-    assert sheepdog.get_results(rid, dbfile, timeout=90) == [(x, x * x) for x in range(8)]
-    assert [r[0] for r in rows(dbfile, rid)] == list(range(1, 9))
 
 
 _SUBMITTER = """
