@@ -20,6 +20,7 @@ acts only on positive evidence:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import sys
 import time
@@ -73,6 +74,7 @@ class Watch:
         self.to_cancel: list[tuple[str, list[str]]] = []  # jobs of a lost incarnation
         self.broker_back_at = float("-inf")  # monotonic time the broker answered again
         self.suspects: dict[tuple[int, str], float] = {}  # expired leases first seen, when
+        self.ended: set[str] = set()  # jobs the scheduler said are over
 
     # -- reporting ------------------------------------------------------------
 
@@ -223,14 +225,19 @@ class Watch:
                      f" (task {index}, attempt {attempt}: {reason.splitlines()[0]})")
 
     def _scheduler_state(self) -> JobState | None:
+        """What the scheduler says of the request's jobs. A job it once said is over
+        stays over: it is not asked about again (retries add jobs all night)."""
         request = self.request
         job_ids = job_id_list(request.row.job_ids)
         if not job_ids:
             return None
+        asked = [j for j in job_ids if j not in self.ended]
         try:
-            state = request.session.scheduler().state(job_ids)
+            state = request.session.scheduler().state(asked) if asked else JobState()
         except SheepdogError as exc:
             state = JobState(unknown=str(exc))
+        self.ended |= state.ended
+        state = dataclasses.replace(state, ended=frozenset(self.ended & set(job_ids)))
         if state.unknown is not None:
             self.unreachable(f"the {request.row.scheduler} scheduler", state.unknown)
         else:

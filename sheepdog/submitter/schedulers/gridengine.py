@@ -235,19 +235,25 @@ class GridEngine:
         check_ge_opts(settings.ge_opts, settings.worker_python)
         memory_limit(settings.ge_opts)  # a malformed mem_grab is refused here, not on a node
         self._probe(settings)
-        if settings.ship_worker:
+        self._zipapp(settings)
+
+    def _zipapp(self, settings: Settings) -> str | None:
+        """The worker zipapp on the head node (uploaded if missing, once per session);
+        None when the nodes have sheepdog installed."""
+        if not settings.ship_worker:
+            return None
+        if self._zipapp_path is None:
             self._zipapp_path = zipapp.install(self.remote, self._absolute(settings.ssh_dir))
+        return self._zipapp_path
 
     def submit(self, job: ArrayJob) -> list[str]:
         settings = job.settings
-        if settings.ship_worker and self._zipapp_path is None:  # a later process: retries
-            self._zipapp_path = zipapp.install(self.remote, self._absolute(settings.ssh_dir))
+        app = self._zipapp(settings)  # prepared already, unless this is a later process
         ge_opts = scale_memory(settings.ge_opts, job.memory_factor)
         job_dir = self._job_dir(settings, job.name)
         job_file = posixpath.join(job_dir, f"job-{job.label}.json")
         worker_job = replace(job.job_file, memory_limit=memory_limit(ge_opts))
         self.remote.put(job_file, worker_job.dumps().encode(), 0o600)
-        app = self._zipapp_path
         job_ids: list[str] = []
         try:
             for part, (first, last) in enumerate(chunks(job.size, self.max_array()), 1):
