@@ -5,8 +5,10 @@ Needs the cluster from ``testbed/up`` (root on Debian). Side by side, in one run
 * ``sheepdog``: ``sheepdog.map(add, N tuples)`` through sshd with paramiko as the
   submit user, workers under the node's bare /usr/bin/python3 from the zipapp,
   outcomes collected into SQLite: from the call to the last result.
-* ``qsub -sync y``: a bare ``qsub -sync y -t 1-N -b y /bin/true`` over the same
-  sshd with OpenSSH: the scheduler's own floor for an N-task array, no Python.
+* ``qsub python``: a bare ``qsub -sync y -t 1-N -b y /usr/bin/python3 -c pass``
+  over the same sshd with OpenSSH: the honest floor - an N-task array of a
+  no-op job in the same Python the workers use. The ratios are against it.
+* ``qsub /bin/true``: the same with ``/bin/true``: the scheduler alone, no Python.
 
 Run: ``.venv/bin/python benchmarks/bench_gridengine.py [--tasks 200] [--repeats 3]``
 """
@@ -59,12 +61,12 @@ def time_sheepdog(env: dict[str, str], root: Path, n: int, run: int) -> float:
     return elapsed
 
 
-def time_qsub(env: dict[str, str], n: int) -> float:
+def time_qsub(env: dict[str, str], n: int, job: str) -> float:
     command = [
         "ssh", "-p", env["SHEEPDOG_TESTBED_SSH_PORT"], "-i", env["SHEEPDOG_TESTBED_SSH_KEY"],
         "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={env['SHEEPDOG_TESTBED_KNOWN_HOSTS']}",
         f"{env['SHEEPDOG_TESTBED_SSH_USER']}@{env['SHEEPDOG_TESTBED_SSH_HOST']}",
-        f"timeout 300 qsub -sync y -t 1-{n} -b y -o /dev/null -e /dev/null /bin/true",
+        f"timeout 300 qsub -sync y -t 1-{n} -b y -o /dev/null -e /dev/null {job}",
     ]
     started = time.monotonic()
     subprocess.run(command, check=True, capture_output=True)
@@ -81,16 +83,19 @@ def main() -> None:
         root = Path(tmp)
         os.environ["HOME"] = str(ssh_home(env, root))
         os.environ["SHEEPDOG_HOME"] = str(root / "sheepdog-home")
-        rows: dict[str, list[float]] = {"sheepdog.map": [], "qsub -sync y": []}
-        for run in range(opts.repeats):  # interleaved, so drift hits both alike
-            rows["qsub -sync y"].append(time_qsub(env, opts.tasks))
+        python = f"{env['SHEEPDOG_TESTBED_BARE_PYTHON']} -c pass"
+        rows: dict[str, list[float]] = {"sheepdog.map": [], "qsub python": [],
+                                        "qsub /bin/true": []}
+        for run in range(opts.repeats):  # interleaved, so drift hits all alike
+            rows["qsub python"].append(time_qsub(env, opts.tasks, python))
+            rows["qsub /bin/true"].append(time_qsub(env, opts.tasks, "/bin/true"))
             rows["sheepdog.map"].append(time_sheepdog(env, root, opts.tasks, run))
-    floor = statistics.median(rows["qsub -sync y"])
+    floor = statistics.median(rows["qsub python"])
     print(f"cores: {os.cpu_count()}  tasks: {opts.tasks}  repeats: {opts.repeats}  (8 slots)")
-    print(f"{'what':<14} {'median s':>9} {'min s':>7} {'max s':>7} {'x floor':>8}")
+    print(f"{'what':<15} {'median s':>9} {'min s':>7} {'max s':>7} {'x floor':>8}")
     for name, times in rows.items():
         median = statistics.median(times)
-        print(f"{name:<14} {median:>9.2f} {min(times):>7.2f} {max(times):>7.2f}"
+        print(f"{name:<15} {median:>9.2f} {min(times):>7.2f} {max(times):>7.2f}"
               f" {median / floor:>8.2f}")
 
 
