@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -381,3 +383,40 @@ def test_broker_flushed_while_the_qmaster_is_down(
     finally:
         mapping.stop()
     assert_complete(mapping, values, row["request_id"])
+
+
+def test_resubmit_while_the_qmaster_is_down_starts_the_tasks_once_it_is_back(
+    config: dict[str, object],
+) -> None:
+    """resubmit pushes the tasks again; qsub fails, and it says so: the tasks wait on the
+    broker as retries, and the next get_results starts them when Grid Engine answers."""
+    shared = Path(tempfile.mkdtemp(prefix="sheepdog-fixed-"))  # the node's user reads it
+    shared.chmod(0o755)
+    marker = shared / "fixed"
+
+    def fails_until_fixed(x: int) -> int:
+        if x == 2 and not marker.exists():
+            raise RuntimeError("not yet")
+        return x * 10
+
+    dbfile = str(config["dbfile"])
+    assert sheepdog.map(fails_until_fixed, [1, 2], config, verbose=False) == [10, None]
+    request_id = _last(dbfile)
+    marker.touch()
+    sge("qmaster-stop")
+    try:
+        with pytest.raises(sheepdog.SubmitError, match=(
+                rf"(?s)request {request_id}: its 1 task\(s\) are on the broker again, but the"
+                r" gridengine scheduler did not take the job \(.*qsub.*\); get_results")):
+            sheepdog.resubmit(request_id, dbfile)
+    finally:
+        sge("qmaster-start")
+    try:
+        assert sheepdog.get_results(request_id, dbfile, timeout=120) == [(1, 10), (2, 20)]
+    finally:
+        shutil.rmtree(shared)
+
+
+def _last(dbfile: str) -> int:
+    with sqlite3.connect(dbfile) as db:
+        return int(db.execute("SELECT max(request_id) FROM requests").fetchone()[0])

@@ -108,16 +108,20 @@ def test_broker_loses_its_data_mid_request(
 _SUBMITTER = """
 import sys, time, sheepdog
 from sheepdog.broker.client import Broker
+from sheepdog.submitter import store
+from sheepdog.submitter.store import Store
 
-stall = sys.argv[1]
-original = getattr(Broker, stall)
+store.INSERT_BATCH = 10  # the dbfile gets the arguments in five transactions
+owner, name = sys.argv[1].split(".")  # the method the submitter is killed in
+original = getattr({{"Broker": Broker, "Store": Store}}[owner], name)
 
 def stalled(self, *args, **kwargs):
-    original(self, *args, **kwargs) if stall == "push_request" else None
+    if sys.argv[2] == "after":  # in it, once it has done its work
+        original(self, *args, **kwargs)
     print("stalled", flush=True)
     time.sleep(600)
 
-setattr(Broker, stall, stalled)
+setattr({{"Broker": Broker, "Store": Store}}[owner], name, stalled)
 
 def f(x):
     return x + 1
@@ -126,10 +130,12 @@ sheepdog.map_async(f, range(50), {{"dbfile": {dbfile!r}, "broker_url": {url!r}}}
 """
 
 
-def _kill_submitter_in(stall: str, server: Server, dbfile: str, tmp_path: Path) -> None:
+def _kill_submitter_in(method: str, when: str, server: Server, dbfile: str,
+                       tmp_path: Path) -> None:
+    """kill -9 a real submitter of 50 tasks inside ``method``, 'before' or 'after' it ran."""
     script = tmp_path / "submitter.py"
     script.write_text(textwrap.dedent(_SUBMITTER.format(dbfile=dbfile, url=server.url)))
-    with subprocess.Popen([sys.executable, str(script), stall], stdout=subprocess.PIPE,
+    with subprocess.Popen([sys.executable, str(script), method, when], stdout=subprocess.PIPE,
                           text=True, cwd=tmp_path) as proc:
         assert proc.stdout is not None and proc.stdout.readline() == "stalled\n"
         os.kill(proc.pid, signal.SIGKILL)
@@ -137,7 +143,7 @@ def _kill_submitter_in(stall: str, server: Server, dbfile: str, tmp_path: Path) 
 
 def test_submitter_killed_mid_submit_never_hangs_anyone(server: Server, dbfile: str,
                                                         tmp_path: Path) -> None:
-    _kill_submitter_in("push_request", server, dbfile, tmp_path)  # its tasks are pushed
+    _kill_submitter_in("Broker.push_request", "after", server, dbfile, tmp_path)  # pushed
     rid = _request_id(dbfile)
     client = server.client()
     assert 0 < client.ttl(keys.tasks(rid)) <= keys.SUBMIT_TTL  # its keys would expire
@@ -154,10 +160,23 @@ def test_submitter_killed_mid_submit_never_hangs_anyone(server: Server, dbfile: 
     assert sheepdog.get_results(rid, dbfile, timeout=60) == [(x, x + 1) for x in range(50)]
 
 
+def test_submitter_killed_before_the_dbfile_had_every_argument(
+    server: Server, dbfile: str, tmp_path: Path
+) -> None:
+    _kill_submitter_in("Store._insert_tasks", "after", server, dbfile, tmp_path)  # 10 of 50
+    rid = _request_id(dbfile)
+    message = (rf"request {rid} was never fully submitted: .* the dbfile holds only 10 of its"
+               " 50 arguments, so it cannot be resubmitted: submit it again with map")
+    with pytest.raises(sheepdog.RequestFailed, match=message):
+        sheepdog.get_results(rid, dbfile, timeout=30)
+    with pytest.raises(sheepdog.RequestFailed, match=message):
+        sheepdog.resubmit(rid, dbfile)
+
+
 def test_submitter_killed_after_its_job_started_cancels_the_job(
     server: Server, dbfile: str, tmp_path: Path
 ) -> None:
-    _kill_submitter_in("queued", server, dbfile, tmp_path)  # the runner is started
+    _kill_submitter_in("Broker.queued", "before", server, dbfile, tmp_path)  # runner started
     with Store(dbfile) as found:
         row = found.requests()[-1]
     assert row.status == "submitting" and row.job_ids
@@ -239,9 +258,32 @@ def test_a_result_too_large_for_the_broker_is_a_clear_error(tmp_path: Path) -> N
                                         " pickled, more than the broker takes in one value")
         assert "write large results to a file" in failure.error
     finally:
-        assert limited.proc is not None
-        limited.proc.terminate()
-        limited.proc.wait(10)
+        limited.stop()
+
+
+def test_a_result_refused_by_a_broker_that_did_not_say_its_limit(tmp_path: Path) -> None:
+    """broker_url's user may not read CONFIG, so the limit is not known in advance: the
+    broker's refusal of the result is recorded as the task's error, clearly."""
+    limited = Server(tmp_path)
+    limited.start("--proto-max-bulk-len", "1mb")
+    try:
+        admin = limited.client()
+        admin.acl_setuser("noconfig", enabled=True, passwords=["+pw"], keys=["*"],
+                          channels=["*"], commands=["+@all", "-config"])
+        admin.close()
+        url = limited.url.replace(f":{limited.password}@", ":pw@").replace(
+            "://", "://noconfig", 1)
+        config = {"broker_url": url, "dbfile": str(tmp_path / "r.sqlite"), "retries": 0}
+        with pytest.raises(sheepdog.TaskErrors) as caught:
+            sheepdog.map(bytes, [2 * 2**20, 10], config, raise_errors=True, timeout=60)
+        [failure] = caught.value.failures
+        assert failure.index == 1
+        assert failure.error.startswith("SerialisationError: the broker refused this result"
+                                        " of 2097")
+        assert "invalid bulk length" in failure.error
+        assert "write large results to a file" in failure.error
+    finally:
+        limited.stop()
 
 
 def eight_seconds(x: int) -> int:
