@@ -95,7 +95,7 @@ def _pending_request(server_url: str, f: object, items: list[tuple[object, ...]]
             ".".join(map(str, sys.version_info[:3])), "max_attempts": 1, "n_ok": 0,
             "n_error": 0}
     broker.push_request(rid, meta, codec.encode((f, {}), key, codec.FUNC_CONTEXT),
-                        [(i, codec.encode(list(a), key, codec.args_context(i)))
+                        [(i, codec.encode(tuple(a), key, codec.args_context(i)))
                          for i, a in enumerate(items, start=1)])
     broker.queued(rid, "")
     job = JobFile(broker_url=server_url, request_id=rid, token=TOKEN, key=KEY.hex(),

@@ -124,9 +124,9 @@ def test_killed_task_is_lost_after_its_retries_not_waited_for(dbfile: str) -> No
     assert args == 2
     assert "was killed by signal SIGKILL without an outcome" in error
     assert (failure.task, failure.status, failure.attempt) == (2, "lost", 2)  # type: ignore[attr-defined]
-    assert error.rstrip().endswith("[sheepdog: attempt 2; earlier attempt 1: lost on"
-                                   f" {os.uname().nodename}: worker process for task 2 was"
-                                   " killed by signal SIGKILL without an outcome.]")
+    assert re.search(rf"\[sheepdog: attempt 2; earlier attempt 1: lost on {os.uname().nodename}:"
+                     r" worker process .*was killed by signal SIGKILL without an outcome.*\]$",
+                     error.rstrip())
 
 
 def test_a_killed_task_is_run_again_and_its_result_kept(dbfile: str, tmp_path: Path) -> None:
@@ -401,7 +401,7 @@ def test_a_failure_after_the_job_started_leaves_no_job_behind(
     started: list[str] = []
     original = Broker.queued
 
-    def interrupted(self: Broker, request_id: int, job_ids: str) -> None:
+    def interrupted(self: Broker, request_id: int, job_ids: str, status: str = "") -> None:
         started.append(job_ids)
         raise KeyboardInterrupt
 
@@ -440,7 +440,7 @@ def test_cancel_writes_one_entry_however_many_tasks(dbfile: str) -> None:
     assert sheepdog.cancel(request_id, dbfile) == 500
     with results.open_request(request_id, dbfile) as request:
         broker = request.connect()
-        entries = broker.all_results(request.row.broker_request)
+        entries = [e for chunk in broker.all_results(request.row.broker_request) for e in chunk]
     assert [f["status"] for _, f in entries][-1] == b"cancelled"
     assert len(entries) <= 2  # one for the request, perhaps one for the task it killed
     lost = [e for _, e in sheepdog.get_errors(request_id, dbfile)]

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from sheepdog.broker import codec
+from sheepdog.broker.codec import positional
 from sheepdog.errors import IntegrityError, SerialisationError, TaskErrors, TaskFailure
 from sheepdog.submitter.config import Settings, describe
 from sheepdog.submitter.store import RequestRow, Store, stream_key
-from sheepdog.submitter.submit import positional
 
 KEY = b"s" * 32
 
@@ -27,7 +27,17 @@ def test_plain_values_travel_as_msgpack(value: object) -> None:
     assert codec._unpack_envelope(data)[0] == codec.KIND_MSGPACK
 
 
-@pytest.mark.parametrize("value", [(1, 2), 2**70, {1, 2}, [1, (2,)], {(1, 2): 3}, Path("/x")])
+@pytest.mark.parametrize("value", [(1, 2), (), ("a", [1, 2], {"b": None})])
+def test_plain_tuples_travel_as_msgpack_and_stay_tuples(value: object) -> None:
+    data = codec.encode(value, KEY, codec.args_context(1))
+    assert codec._unpack_envelope(data)[0] == codec.KIND_TUPLE
+    back = codec.decode(data, KEY, codec.args_context(1))
+    assert back == value and type(back) is tuple
+    assert codec.is_plain(data)
+
+
+@pytest.mark.parametrize("value", [((1, 2), 3), 2**70, {1, 2}, [1, (2,)], {(1, 2): 3},
+                                   Path("/x")])
 def test_other_values_are_pickled_and_keep_their_types(value: object) -> None:
     data = codec.encode(value, KEY, codec.VALUE_CONTEXT)
     assert codec._unpack_envelope(data)[0] == codec.KIND_PICKLE
@@ -78,7 +88,7 @@ def test_positional_arguments_of_an_item() -> None:
 
 def test_settings_from_seed_config() -> None:
     s = Settings.from_config({"dbfile": "x.sqlite", "ge_opts": ["-l a=1"], "local_workers": 3})
-    assert s.dbfile == "x.sqlite" and s.ge_opts == ("-l a=1",) and s.workers == 3
+    assert s.dbfile == "x.sqlite" and s.ge_opts == ("-l a=1",) and s.local_slots == 3
     assert s.scheduler_name == "local" and s.worker_python == sys.executable
     assert Settings.from_config(None) == Settings()
     assert Settings.from_config(s) is s

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -43,8 +43,24 @@ Reply = Any
 WORKER_COMMANDS = (
     "ping", "select", "eval", "time", "get", "hget", "hmget", "hgetall", "hkeys", "hset",
     "hdel", "hexists", "hincrby", "hlen", "del", "unlink", "xadd", "zadd", "zrem", "zscore",
-    "zrangebyscore",
+    "zrangebyscore", "lpop", "lpush",
 )
+
+
+def ranges(indices: list[int]) -> list[str]:
+    """Runs of consecutive indices as queue entries: [1, 2, 3, 7] -> ['1-3', '7-7']."""
+    found: list[str] = []
+    first = last = None
+    for index in indices:
+        if last is not None and index == last + 1:
+            last = index
+            continue
+        if first is not None:
+            found.append(f"{first}-{last}")
+        first = last = index
+    if first is not None:
+        found.append(f"{first}-{last}")
+    return found
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -102,30 +118,47 @@ class Broker:
         """Store meta, function and tasks in batched round trips, all expiring in SUBMIT_TTL.
 
         ``claims`` (index -> claim) carries attempt numbers over from an earlier
-        submission. ``queued`` then keeps the keys for good.
+        submission. In worker mode (meta ``mode``) the tasks are queued too.
+        ``queued`` then keeps the keys for good.
         """
+        self.start_request(request_id, meta, func_payload)
+        queue = meta.get("mode") == "workers"
+        batch: list[tuple[int, bytes]] = []
+        for item in task_payloads:
+            batch.append(item)
+            if len(batch) == PUSH_BATCH:
+                self.push_tasks(request_id, batch, queue=queue)
+                batch = []
+        self.push_tasks(request_id, batch, queue=queue)
+        placeholders = list((claims or {}).items())
+        for start in range(0, len(placeholders), PUSH_BATCH):
+            chunk = dict(placeholders[start : start + PUSH_BATCH])
+            self.client.hset(keys.claims(request_id), mapping=chunk)  # type: ignore[arg-type]
+        pipe = self.client.pipeline(transaction=False)
+        self._expire_all(pipe, request_id, keys.SUBMIT_TTL)
+        pipe.execute()
+
+    def start_request(self, request_id: int, meta: Mapping[str, str | int],
+                      func_payload: bytes) -> None:
+        """Meta and function of a new request, expiring in SUBMIT_TTL."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(keys.meta(request_id), mapping=dict(meta))  # type: ignore[arg-type]
         pipe.set(keys.func(request_id), func_payload)
         pipe.zadd(keys.requests(), {str(request_id): time.time()})
-        batch: dict[int, bytes] = {}
-        for index, payload in task_payloads:
-            batch[index] = payload
-            if len(batch) == PUSH_BATCH:
-                self._push_batch(pipe, request_id, batch)
-                batch = {}
-        if batch:
-            pipe.hset(keys.tasks(request_id), mapping=batch)  # type: ignore[arg-type]
-        placeholders = list((claims or {}).items())
-        for start in range(0, len(placeholders), PUSH_BATCH):
-            chunk = dict(placeholders[start : start + PUSH_BATCH])
-            pipe.hset(keys.claims(request_id), mapping=chunk)  # type: ignore[arg-type]
         self._expire_all(pipe, request_id, keys.SUBMIT_TTL)
         pipe.execute()
 
-    def _push_batch(self, pipe: Any, request_id: int, batch: dict[int, bytes]) -> None:
-        pipe.hset(keys.tasks(request_id), mapping=batch)
-        self._expire_all(pipe, request_id, keys.SUBMIT_TTL)  # a dead submitter leaves nothing
+    def push_tasks(self, request_id: int, batch: list[tuple[int, bytes]], *, queue: bool
+                   ) -> None:
+        """One round trip: tasks into ``tasks`` (and their ranges into ``queue``), every
+        key's SUBMIT_TTL renewed (a submitter that dies mid-push leaves nothing)."""
+        if not batch:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(keys.tasks(request_id), mapping=dict(batch))
+        if queue:
+            pipe.rpush(keys.queue(request_id), *ranges([index for index, _ in batch]))
+        self._expire_all(pipe, request_id, keys.SUBMIT_TTL)
         pipe.execute()
 
     @staticmethod
@@ -133,10 +166,10 @@ class Broker:
         for key in keys.request_keys(request_id):
             pipe.expire(key, seconds)
 
-    def queued(self, request_id: int, job_ids: str) -> None:
+    def queued(self, request_id: int, job_ids: str, status: str = "queued") -> None:
         """The job is submitted: keep the request's keys until it is collated."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(keys.meta(request_id), mapping={"job_ids": job_ids, "status": "queued"})
+        pipe.hset(keys.meta(request_id), mapping={"job_ids": job_ids, "status": status})
         for key in keys.request_keys(request_id):
             pipe.persist(key)
         pipe.execute()
@@ -278,15 +311,17 @@ class Broker:
                     )
         return entries
 
-    def all_results(self, request_id: int, *, chunk: int = 1000) -> list[StreamEntry]:
-        """Every entry of the results stream, acknowledged or not, oldest first."""
-        entries: list[StreamEntry] = []
+    def all_results(self, request_id: int, *, chunk: int = 1000) -> Iterator[list[StreamEntry]]:
+        """Every entry of the results stream, acknowledged or not, oldest first, ``chunk``
+        entries at a time (a million are never held at once)."""
         start = "-"
         while True:
             items: Reply = self.client.xrange(keys.results(request_id), start, "+", count=chunk)
-            entries += [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in items]
+            entries = [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in items]
+            if entries:
+                yield entries
             if len(items) < chunk:
-                return entries
+                return
             start = "(" + entries[-1][0]
 
     def ack(self, request_id: int, group: str, entry_ids: list[str]) -> None:

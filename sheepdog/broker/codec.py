@@ -6,6 +6,9 @@ An envelope is the msgpack array ``[VERSION, kind, mac, body]``:
   str, bytes, list, dict of those). It comes back with the same types, except
   that nothing else is allowed in: a tuple or a subclass goes to kind 1.
 - ``kind`` 1: ``body`` is cloudpickle of anything else, functions by value.
+- ``kind`` 2: ``body`` is msgpack of the items of a plain tuple, which comes
+  back as a tuple: a task's ``(a, b)`` arguments, the common case, without
+  pickling.
 - ``mac`` is HMAC-SHA256 of a context, ``kind`` and ``body`` under the
   request's key. The context says what the payload is for (``func``,
   ``args:7``, ``value``), so the arguments of task 7 cannot be replayed as
@@ -23,9 +26,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
 import msgpack
 
 from sheepdog.errors import IntegrityError, SerialisationError
@@ -33,6 +36,8 @@ from sheepdog.errors import IntegrityError, SerialisationError
 VERSION = 1
 KIND_MSGPACK = 0
 KIND_PICKLE = 1
+KIND_TUPLE = 2
+_KINDS = (KIND_MSGPACK, KIND_PICKLE, KIND_TUPLE)
 
 
 def _mac(key: bytes, context: bytes, kind: int, body: bytes) -> bytes:
@@ -57,24 +62,44 @@ def _pack_plain(obj: object) -> bytes | None:
     return data
 
 
-def encode(obj: object, key: bytes, context: bytes, *, what: str = "value") -> bytes:
-    """Envelope for ``obj``; ``what`` names it in the error if it cannot be pickled."""
-    body = _pack_plain(obj)
-    kind = KIND_MSGPACK
+def encode(obj: object, key: bytes, context: bytes, *,
+           what: str | Callable[[], str] = "value") -> bytes:
+    """Envelope for ``obj``; ``what`` names it in the error if it cannot be pickled
+    (a callable is called only then: naming a task costs a repr)."""
+    kind = KIND_TUPLE if type(obj) is tuple else KIND_MSGPACK
+    body = _pack_plain(list(obj) if kind == KIND_TUPLE else obj)  # type: ignore[call-overload]
     if body is None:
         kind = KIND_PICKLE
-        try:
-            body = cloudpickle.dumps(obj, protocol=pickle.DEFAULT_PROTOCOL)
-        except Exception as exc:  # cloudpickle raises many types; all mean the same
-            raise SerialisationError(
-                f"cannot serialise the {what} ({type(obj).__module__}.{type(obj).__qualname__}):"
-                f" {type(exc).__name__}: {exc}. Sheepdog pickles it with cloudpickle; objects"
-                " holding locks, open files, sockets or database connections cannot be"
-                " pickled - create them inside the function instead."
-            ) from exc
+        body = _pickle(obj, what)
     mac = _mac(key, context, kind, body)
     packed: bytes = msgpack.packb([VERSION, kind, mac, body], use_bin_type=True)
     return packed
+
+
+def _pickle(obj: object, what: str | Callable[[], str]) -> bytes:
+    import cloudpickle  # only here: a worker whose results are plain never needs it
+
+    try:
+        data: bytes = cloudpickle.dumps(obj, protocol=pickle.DEFAULT_PROTOCOL)
+    except Exception as exc:  # cloudpickle raises many types; all mean the same
+        name = what if isinstance(what, str) else what()
+        raise SerialisationError(
+            f"cannot serialise the {name} ({type(obj).__module__}.{type(obj).__qualname__}):"
+            f" {type(exc).__name__}: {exc}. Sheepdog pickles it with cloudpickle; objects"
+            " holding locks, open files, sockets or database connections cannot be"
+            " pickled - create them inside the function instead."
+        ) from exc
+    return data
+
+
+def positional(item: object) -> list[object]:
+    """The positional arguments a task's item stands for.
+
+    A plain tuple is the arguments themselves: ``(1, 2)`` calls ``f(1, 2)``.
+    Anything else, a list or a namedtuple included, is one argument:
+    ``[1, 2]`` calls ``f([1, 2])``, ``5`` calls ``f(5)``.
+    """
+    return list(item) if type(item) is tuple else [item]
 
 
 def _unpack_envelope(data: bytes) -> tuple[int, bytes, bytes]:
@@ -82,7 +107,7 @@ def _unpack_envelope(data: bytes) -> tuple[int, bytes, bytes]:
         version, kind, mac, body = msgpack.unpackb(data, raw=False)
     except Exception as exc:
         raise SerialisationError(f"not a sheepdog payload: {exc}") from exc
-    if version != VERSION or kind not in (KIND_MSGPACK, KIND_PICKLE):
+    if version != VERSION or kind not in _KINDS:
         raise SerialisationError(
             f"payload version {version}/kind {kind} is not understood by this sheepdog;"
             " use the same sheepdog version on the submitter and the workers"
@@ -108,7 +133,7 @@ def decode(data: bytes, key: bytes, context: bytes) -> Any:
 
 def is_plain(data: bytes) -> bool:
     """Whether ``data`` holds plain msgpack, which decodes without running any code."""
-    return _unpack_envelope(data)[0] == KIND_MSGPACK
+    return _unpack_envelope(data)[0] != KIND_PICKLE
 
 
 def decode_checked(data: bytes) -> Any:
@@ -123,6 +148,8 @@ def _loads(data: bytes) -> Any:
     kind, _mac_unused, body = _unpack_envelope(data)
     if kind == KIND_MSGPACK:
         return msgpack.unpackb(body, raw=False, strict_map_key=False)
+    if kind == KIND_TUPLE:
+        return tuple(msgpack.unpackb(body, raw=False, strict_map_key=False))
     try:
         return pickle.loads(body)
     except Exception as exc:

@@ -21,7 +21,13 @@ Key (type): contents; lifetime.
 - ``sheepdog:{req:ID}:leases`` (zset): index -> lease deadline (broker time,
   unix s) of a running attempt; heartbeats push it forward.
 - ``sheepdog:{req:ID}:retry`` (hash): index -> memory level, for tasks waiting
-  for their next attempt to be started by the scheduler.
+  for their next attempt to be started by the scheduler (one array task per
+  index), or, in worker mode, for a worker with more memory than the running
+  ones.
+- ``sheepdog:{req:ID}:queue`` (list): worker mode only: ranges ``first-last``
+  of task indices not yet handed to a worker; workers take from the head in
+  batches, retries go back to the head. Ranges, not indices: a million-task
+  request is a few hundred entries.
 - ``sheepdog:{req:ID}:results`` (stream): one entry per finished attempt, see
   ``RESULT_FIELDS``.
 
@@ -61,6 +67,7 @@ META_FIELDS = (
     "n_rejected",  # workers that asked for an index that is not part of the request
     "worker_user",  # the per-request ACL user the workers log in as, if any
     "reason",  # why the request was cancelled
+    "mode",  # 'workers': pilot workers take tasks from the queue; absent: one task per index
 )
 
 #: Fields of a claim (``claims`` hash value), in order, separated by spaces.
@@ -141,6 +148,10 @@ def results(request_id: int) -> str:
     return f"{meta(request_id)}:results"
 
 
+def queue(request_id: int) -> str:
+    return f"{meta(request_id)}:queue"
+
+
 def request_pattern(request_id: int) -> str:
     """Glob of every key of one request (for ACL key patterns)."""
     return f"{meta(request_id)}*"
@@ -156,6 +167,7 @@ def request_keys(request_id: int) -> tuple[str, ...]:
         func(request_id),
         claims(request_id),
         retry(request_id),
+        queue(request_id),
     )
 
 

@@ -133,6 +133,12 @@ class RespClient:
             raise reply
         return reply
 
+    def execute_pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send every command, then read every reply (one round trip). Error replies
+        are returned in their places, as RespError."""
+        self._sock.sendall(b"".join(_encode(command) for command in commands))
+        return [self._read() for _ in commands]
+
     def _read(self) -> Any:
         line = self._file.readline()
         if not line.endswith(b"\r\n"):

@@ -2,7 +2,7 @@
 
 Keys are always passed in the order of ``keys.request_keys``:
 KEYS[1] meta, KEYS[2] tasks, KEYS[3] leases, KEYS[4] results, KEYS[5] func,
-KEYS[6] claims, KEYS[7] retry.
+KEYS[6] claims, KEYS[7] retry, KEYS[8] queue.
 
 The rules they keep (docs/faults.md says what they mean for users):
 
@@ -58,16 +58,22 @@ redis.call('HDEL', KEYS[7], idx)
 return {'run', attempt, redis.call('GET', KEYS[5]), args, meta[4]}
 """
 
-#: The holder of task ARGV[2] is alive: its lease now ends ARGV[4] seconds from
-#: now. ARGV: token, index, holder, lease seconds. Returns 1, 0 if the task is
-#: no longer held by that holder (declared lost, or finished), -1 if the
-#: request is gone.
+#: The holder of tasks ARGV[4..] is alive: their leases now end ARGV[3] seconds
+#: from now. ARGV: token, holder, lease seconds, indices. Returns how many of
+#: the indices it still holds (the others were declared lost, or finished), or
+#: -1 if the request is gone.
 HEARTBEAT = _PRELUDE + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
-local claim = parse_claim(redis.call('HGET', KEYS[6], ARGV[2]))
-if not claim or claim.holder ~= ARGV[3] then return 0 end
-redis.call('ZADD', KEYS[3], now() + tonumber(ARGV[4]), ARGV[2])
-return 1
+local deadline = now() + tonumber(ARGV[3])
+local held = 0
+for i = 4, #ARGV do
+  local claim = parse_claim(redis.call('HGET', KEYS[6], ARGV[i]))
+  if claim and claim.holder == ARGV[2] then
+    redis.call('ZADD', KEYS[3], deadline, ARGV[i])
+    held = held + 1
+  end
+end
+return held
 """
 
 #: Record the end of one attempt of task ARGV[2]. ARGV: token, index, holder,
@@ -83,11 +89,12 @@ return 1
 #: are left) is written with next=retry, the task waits in ``retry`` and its
 #: claim keeps only the attempt numbers; otherwise it is final: the task leaves
 #: ``tasks``, ``claims`` and ``retry``, and the request is done when no task is
-#: left. Returns 1 final, 2 retried, 0 not the holder (or already final),
-#: -1 request gone, -2 request cancelled.
+#: left. In worker mode a retried task goes back to the head of ``queue``
+#: instead, for the running workers. Returns 1 final, 2 retried, 0 not the
+#: holder (or already final), -1 request gone, -2 request cancelled.
 RECORD = _PRELUDE + """
 local meta = redis.call('HMGET', KEYS[1], 'token', 'status', 'max_attempts',
-                        'retry_errors', 'retry_memory')
+                        'retry_errors', 'retry_memory', 'mode')
 if meta[1] ~= ARGV[1] then return -1 end
 if meta[2] == 'cancelled' then return -2 end
 local idx, holder, attempt, status, cause = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
@@ -125,7 +132,11 @@ if retry then
   -- Nobody holds it now; who last did (started, host, pid, job) stays for the record.
   local rest = claim and claim.rest or ''
   redis.call('HSET', KEYS[6], idx, table.concat({attempt, first, level, '-', rest}, ' '))
-  redis.call('HSET', KEYS[7], idx, level)
+  if meta[6] == 'workers' then
+    redis.call('LPUSH', KEYS[8], idx .. '-' .. idx)  -- the running workers take it next
+  else
+    redis.call('HSET', KEYS[7], idx, level)
+  end
   redis.call('HINCRBY', KEYS[1], 'n_retried', 1)
   redis.call('XADD', KEYS[4], '*', unpack(entry))
   return 2
@@ -167,9 +178,77 @@ local t = string.format('%.6f', now())
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', t, 'reason', ARGV[2])
 redis.call('XADD', KEYS[4], '*', 'index', '0', 'attempt', '0', 'status', 'cancelled',
            'error', ARGV[2], 'mac', ARGV[3], 'started', t, 'finished', t)
-redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[6], KEYS[7])
+redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[6], KEYS[7], KEYS[8])
 redis.call('HINCRBY', KEYS[1], 'n_lost', pending)
 return pending
+"""
+
+#: Worker mode: a worker takes up to ARGV[8] tasks from the head of ``queue``.
+#: ARGV: token, holder, level, host, pid, job, lease seconds, how many, and
+#: '1' to get the function too. Every task taken is claimed as by CLAIM, with
+#: one holder for the worker. A task that needs more memory than the worker
+#: has (a memory level above ARGV[3]) is parked in ``retry`` for a bigger job.
+#: Looks at no more than 4 * ARGV[8] + 64 indices per call (ranges may hold
+#: tasks finished by an earlier submission). Returns {'run', python, func or
+#: '', index, attempt, args, index, attempt, args...}: no tasks means 'again'
+#: if the queue is not empty yet; {'empty'} when it is; {'gone'} or
+#: {'cancelled'} as CLAIM.
+CLAIM_NEXT = _PRELUDE + """
+local meta = redis.call('HMGET', KEYS[1], 'token', 'status', 'python')
+if meta[1] ~= ARGV[1] then return {'gone'} end
+if meta[2] == 'cancelled' then return {'cancelled'} end
+local level, want = tonumber(ARGV[3]), tonumber(ARGV[8])
+local t = now()
+local deadline = t + tonumber(ARGV[7])
+local started = string.format('%.3f', t)
+local taken, looked = {}, 0
+local budget = 4 * want + 64
+while #taken < 3 * want and looked < budget do
+  local range = redis.call('LPOP', KEYS[8])
+  if not range then break end
+  local a, b = string.match(range, '^(%d+)-(%d+)$')
+  a, b = tonumber(a), tonumber(b)
+  local last = math.min(b, a + math.min(want - #taken / 3, budget - looked) - 1)
+  if last < b then redis.call('LPUSH', KEYS[8], (last + 1) .. '-' .. b) end
+  for i = a, last do
+    looked = looked + 1
+    local idx = tostring(i)
+    local args = redis.call('HGET', KEYS[2], idx)
+    local prev = args and parse_claim(redis.call('HGET', KEYS[6], idx))
+    if args and prev and prev.holder == '-' and prev.level > level then
+      redis.call('HSET', KEYS[7], idx, prev.level)
+    elseif args and (not prev or prev.holder == '-') then
+      local attempt, first = 1, 1
+      if prev then attempt, first = prev.attempt + 1, prev.first end
+      redis.call('HSET', KEYS[6], idx, table.concat({attempt, first, level, ARGV[2], started,
+        ARGV[4], ARGV[5], ARGV[6]}, ' '))
+      redis.call('ZADD', KEYS[3], deadline, idx)
+      redis.call('HDEL', KEYS[7], idx)
+      taken[#taken + 1] = idx
+      taken[#taken + 1] = attempt
+      taken[#taken + 1] = args
+    end
+  end
+end
+if #taken == 0 and redis.call('LLEN', KEYS[8]) == 0 then return {'empty'} end
+local func = ''
+if ARGV[9] == '1' then func = redis.call('GET', KEYS[5]) end
+return {'run', meta[3], func, unpack(taken)}
+"""
+
+#: Worker mode: tasks parked in ``retry`` go back to the head of ``queue``, for
+#: a job started at their memory level. ARGV: token. Returns {highest level
+#: moved or -1 if none, whether the queue has anything}.
+REQUEUE = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return {-1, 0} end
+local parked = redis.call('HGETALL', KEYS[7])
+local highest = -1
+for i = 1, #parked, 2 do
+  redis.call('LPUSH', KEYS[8], parked[i] .. '-' .. parked[i])
+  highest = math.max(highest, tonumber(parked[i + 1]))
+end
+redis.call('DEL', KEYS[7])
+return {highest, redis.call('LLEN', KEYS[8])}
 """
 
 #: Running attempts whose lease has run out: a flat list of index, claim,

@@ -9,11 +9,11 @@ replies both return alike. The same contract tests run it over both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sheepdog.broker import codec, keys, scripts
+from sheepdog.broker import codec, keys, resp, scripts
 
 
 class Commands(Protocol):
@@ -34,6 +34,17 @@ class ClaimReply:
     args: bytes = b""
     python: str = ""
     detail: str = ""  # outside: n_tasks; busy: the holder's claim
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What CLAIM_NEXT said: ``kind`` is run, again (nothing taken, more to look at),
+    empty, gone or cancelled; ``tasks`` are (index, attempt, args payload)."""
+
+    kind: str
+    python: str = ""
+    func: bytes = b""  # empty unless asked for
+    tasks: list[tuple[int, int, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -107,8 +118,35 @@ class TaskChannel:
     def heartbeat(self, request_id: int, token: str, index: int, holder: str, lease: float
                   ) -> int:
         """Push the lease forward; 1, or 0 if no longer the holder, -1 if the request is gone."""
+        return self.heartbeat_many(request_id, token, holder, [index], lease)
+
+    def heartbeat_many(self, request_id: int, token: str, holder: str, indices: list[int],
+                       lease: float) -> int:
+        """Push the leases of ``indices`` forward; how many ``holder`` still holds (-1: the
+        request is gone)."""
         return int(self.eval_script(scripts.HEARTBEAT, request_id,
-                                    [token, index, holder, f"{lease:.3f}"]))
+                                    [token, holder, f"{lease:.3f}", *indices]))
+
+    def claim_next(
+        self, request_id: int, token: str, *, holder: str, level: int, host: str, pid: int,
+        job: str, lease: float, count: int, with_function: bool,
+    ) -> Batch:
+        """Worker mode: take up to ``count`` tasks from the request's queue."""
+        reply = self.eval_script(scripts.CLAIM_NEXT, request_id, [
+            token, holder, level, _word(host), pid, _word(job), f"{lease:.3f}", count,
+            "1" if with_function else "0",
+        ])
+        kind = _text(reply[0])
+        if kind != "run":
+            return Batch(kind)
+        tasks = [(int(reply[i]), int(reply[i + 1]), reply[i + 2]) for i in range(3, len(reply), 3)]
+        return Batch("run" if tasks else "again", _text(reply[1]), reply[2] or b"", tasks)
+
+    def requeue(self, request_id: int, token: str) -> tuple[int, bool]:
+        """Worker mode: parked tasks back into the queue; (their highest memory level or -1,
+        whether the queue holds anything)."""
+        reply = self.eval_script(scripts.REQUEUE, request_id, [token])
+        return int(reply[0]), bool(int(reply[1]))
 
     def record(
         self, request_id: int, token: str, index: int, *, key: bytes, holder: str,
@@ -124,6 +162,38 @@ class TaskChannel:
         for name, value in signed.items():
             argv += [name, value]
         return int(self.eval_script(scripts.RECORD, request_id, argv))
+
+    def record_many(
+        self, request_id: int, token: str, *, key: bytes, holder: str,
+        outcomes: Sequence[tuple[int, int, str, str, Mapping[str, str | bytes]]],
+    ) -> list[int | Exception]:
+        """``record`` of several (index, attempt, status, cause, fields), in one round trip
+        where the connection can pipeline; the replies in order, an error reply as the
+        exception (one that means "not now" is raised, for the caller to try again)."""
+        request_keys = keys.request_keys(request_id)
+        commands = []
+        for index, attempt, status, cause, fields in outcomes:
+            if status not in keys.OUTCOMES:
+                raise ValueError(f"unknown status {status!r}")
+            argv: list[Any] = [token, index, holder, attempt, status, cause, ""]
+            for name, value in _signed(key, token, index, attempt, status, cause,
+                                       fields).items():
+                argv += [name, value]
+            commands.append(("EVAL", scripts.RECORD, len(request_keys), *request_keys, *argv))
+        pipeline = getattr(self.conn, "execute_pipeline", None)
+        replies: list[Any] = []
+        if pipeline is not None:
+            replies = pipeline(commands)
+        else:
+            for command in commands:
+                try:
+                    replies.append(self.conn.execute_command(*command))
+                except Exception as exc:
+                    replies.append(exc)
+        for reply in replies:
+            if isinstance(reply, Exception) and resp.transient(reply):
+                raise reply
+        return [reply if isinstance(reply, Exception) else int(reply) for reply in replies]
 
     def reject(self, request_id: int, token: str, index: int, *, key: bytes,
                fields: Mapping[str, str | bytes]) -> bool:

@@ -7,6 +7,7 @@ they are; additions are keyword-only.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -52,30 +53,29 @@ def map(
     ``raise_errors=True`` a ``TaskErrors`` carrying every remote traceback is
     raised instead. ``timeout`` (seconds) bounds the wait: ``ResultsTimeout``.
     """
-    items = list(args)
-    if not items:
+    items = iter(args)
+    first = list(itertools.islice(items, 1))
+    if not first:
         return []
     settings = Settings.from_config(config)
     with Session(settings) as session:  # one head-node connection for submit and wait
-        request_id = submit(f, items, ns, session)
-        outcomes = _wait(request_id, settings.dbfile, session, verbose, timeout)
-    failures = [TaskFailure(o.index, o.args, o.error or "", o.attempt or 0)
-                for o in outcomes if o.status != "ok"]
+        request_id = submit(f, itertools.chain(first, items), ns, session)
+        values, failures = _wait(request_id, settings.dbfile, session, verbose, timeout)
     if failures and raise_errors:
         raise TaskErrors(request_id, failures)
     if failures and verbose:
         dbfile = "" if settings.dbfile == _DEFAULT_DBFILE else f", {settings.dbfile!r}"
         print(
-            f"sheepdog: {len(failures)} of {len(items)} tasks of request {request_id} failed"
+            f"sheepdog: {len(failures)} of {len(values)} tasks of request {request_id} failed"
             f" (None in their places); see sheepdog.get_errors({request_id}{dbfile})"
             f" or `sheepdog errors {request_id}`",
             file=sys.stderr,
         )
-    return [o.value for o in outcomes]
+    return values
 
 
 def _wait(request_id: int, dbfile: str, session: Session, verbose: bool,
-          timeout: float | None) -> list[results.Outcome]:
+          timeout: float | None) -> tuple[list[Any], list[TaskFailure]]:
     with results.open_request(request_id, dbfile, session) as request:
         try:
             results.wait(request, verbose=verbose, timeout=timeout)
@@ -87,7 +87,13 @@ def _wait(request_id: int, dbfile: str, session: Session, verbose: bool,
                 file=sys.stderr,
             )
             raise
-        return results.outcomes(request)
+        # Only the results are kept; arguments are read back for failed tasks alone.
+        values, failures = [], []
+        for o in results.iter_outcomes(request, args=lambda status: status != "ok"):
+            values.append(o.value)
+            if o.status != "ok":
+                failures.append(TaskFailure(o.index, o.args, o.error or "", o.attempt or 0))
+        return values, failures
 
 
 def get_results(

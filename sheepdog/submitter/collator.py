@@ -23,8 +23,8 @@ class StreamNotOurs(BrokerError):
     """The stream under this request's id belongs to another request now."""
 
 
-#: Stream entries per SQLite transaction.
-BATCH = 500
+#: Stream entries read (XREADGROUP COUNT) and written per SQLite transaction.
+BATCH = 2000
 
 #: One consumer per group: collators of the same store share the pending list.
 CONSUMER = "collator"
@@ -55,6 +55,7 @@ class Collator:
         self.stream = row.broker_request
         self.group = keys.collator_group(store.store_id)
         self._replaying = True  # first re-read what an earlier collator left unacknowledged
+        self._gained: int | None = 0  # tasks that got their final outcome here; None: unknown
         broker.ensure_group(self.stream, self.group)
 
     def step(self, block_ms: int | None = 500) -> int:
@@ -70,12 +71,18 @@ class Collator:
             self._save(entries)
         return len(entries)
 
+    def take_gained(self) -> int | None:
+        """Tasks given their first final outcome since the last call (None: count them)."""
+        gained, self._gained = self._gained, 0
+        return gained
+
     def resync(self) -> int:
         """Write every entry of the stream again, whatever was acknowledged; how many."""
-        entries = self.broker.all_results(self.stream)
-        for start in range(0, len(entries), BATCH):
-            self._save(entries[start : start + BATCH])
-        return len(entries)
+        written = 0
+        for entries in self.broker.all_results(self.stream, chunk=BATCH):
+            self._save(entries)
+            written += len(entries)
+        return written
 
     def _save(self, entries: list[StreamEntry]) -> None:
         finals: list[Row] = []
@@ -103,7 +110,8 @@ class Collator:
                 earlier.append(row)
             else:
                 finals.append(row)
-        self.store.save_outcomes(finals, earlier, incidents, cancels)
+        gained = self.store.save_outcomes(finals, earlier, incidents, cancels)
+        self._gained = None if gained is None or self._gained is None else self._gained + gained
         self.broker.ack(self.stream, self.group, [entry_id for entry_id, _ in entries])
 
     def _still_ours(self) -> bool:

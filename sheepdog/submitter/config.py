@@ -79,6 +79,12 @@ class Settings:
         default=None,
         metadata=_doc("local scheduler: how many tasks run at once; default: the number of CPUs"),
     )
+    workers: int | None = field(
+        default=None,
+        metadata=_doc("worker mode: this many workers each run tasks one after another"
+                      " until none are left; 0: one array task per task; default: local_workers"
+                      " workers on the local scheduler, one array task per task on a cluster"),
+    )
     ship_worker: bool = field(
         default=True,
         metadata=_doc("cluster: upload the worker as a zipapp (nodes need only Python); False:"
@@ -181,8 +187,16 @@ class Settings:
         return sys.executable if self.scheduler_name == "local" else "/usr/bin/python3"
 
     @property
-    def workers(self) -> int:
+    def local_slots(self) -> int:
+        """Local scheduler: how many worker processes run at once."""
         return self.local_workers or os.cpu_count() or 1
+
+    @property
+    def pilots(self) -> int:
+        """Workers of a request in worker mode; 0 for one array task per task."""
+        if self.workers is not None:
+            return self.workers
+        return self.local_slots if self.scheduler_name == "local" else 0
 
     @classmethod
     def from_public(cls, text: str) -> Settings:
@@ -237,7 +251,7 @@ def coerce(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be True or False, got {value!r}")
         return value
-    if name in ("ssh_port", "local_workers", "retries"):
+    if name in ("ssh_port", "local_workers", "retries", "workers"):
         return _whole(name, value)
     if name in _SECONDS or name == "retry_memory_factor":
         return _seconds(name, value)
@@ -260,7 +274,7 @@ def _options(value: Any) -> tuple[str, ...]:
 def _whole(name: str, value: Any) -> int | None:
     if value is None and name != "retries":
         return None
-    lowest = 0 if name == "retries" else 1
+    lowest = 0 if name in ("retries", "workers") else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
         what = "a whole number, 0 or more" if lowest == 0 else "a positive whole number"
         raise ConfigError(f"{name} must be {what}, got {value!r}")

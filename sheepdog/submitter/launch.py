@@ -49,20 +49,29 @@ def worker_access(broker: Broker, key: bytes, row: RequestRow, url: str) -> tupl
 
 def launch(
     session: Session, broker: Broker, row: RequestRow, key: bytes, worker_url: str, *,
-    indices: list[int] | None, level: int = 0, label: str = "main",
+    indices: list[int] | None, level: int = 0, label: str = "main", tasks: int | None = None,
 ) -> list[str]:
-    """Start an array job over ``indices`` (None: every task); return its job ids."""
+    """Start an array job over ``indices`` (None: every task); return its job ids.
+
+    In worker mode (``settings.pilots``) the job is that many pilots, or fewer
+    for fewer tasks, which take tasks from the request's queue: ``indices``
+    then only counts them (or ``tasks`` does).
+    """
     settings = session.settings
     name = job_name(row)
+    if tasks is None:
+        tasks = row.n_tasks if indices is None else len(indices)
+    pilots = min(settings.pilots, tasks)
     job_file = JobFile(
         broker_url=worker_url, request_id=row.broker_request, token=row.token, key=key.hex(),
-        scheduler=settings.scheduler_name, indices=indices, level=level,
+        scheduler=settings.scheduler_name, indices=None if pilots else indices, level=level,
+        mode="workers" if pilots else "tasks",
         heartbeat_interval=settings.heartbeat_interval, lease_timeout=settings.lease_timeout,
         broker_patience=settings.broker_patience,
         max_payload=broker.max_value_size() - RECORD_OVERHEAD,
     )
     job = ArrayJob(
-        row.broker_request, row.n_tasks if indices is None else len(indices), name, label,
+        row.broker_request, pilots or tasks, name, label,
         job_file, paths.job_dir(name), settings,
         memory_factor=(settings.retry_memory_factor or 1.0) ** level,
     )

@@ -14,11 +14,10 @@ import contextlib
 import json
 from dataclasses import dataclass
 
-from sheepdog.broker import codec
 from sheepdog.errors import SheepdogError
 from sheepdog.submitter.launch import launch, worker_access
 from sheepdog.submitter.request import OpenRequest, job_name
-from sheepdog.submitter.submit import positional, request_meta
+from sheepdog.submitter.submit import request_meta
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,7 @@ def push_again(request: OpenRequest, indices: list[int], *, fresh: bool, label: 
                    job_ids="", settings=json.dumps(session.settings.public()))
     row = request.row
     worker_url, user = worker_access(broker, key, row, request.worker_url)
-    args = {t.idx: t.args for t in store.tasks(row.request_id)}
-    pushed = (
-        (i, codec.encode(positional(codec.decode(args[i], key, codec.args_context(i))), key,
-                         codec.args_context(i)))
-        for i in indices
-    )
+    pushed = store.task_args(row.request_id, indices)  # as stored: the worker unpacks them
     meta = request_meta(row, session.settings, user)
     broker.push_request(new_id, meta, store.function_payload(row.request_id), pushed,
                         placeholders)

@@ -61,8 +61,9 @@ def resubmit_request(
                 )
             results.finalise(request)  # every outcome it will ever have is in the dbfile
         wanted = ("",) + (("error",) if failed else ()) + (("lost",) if lost else ())
-        indices = [t.idx for t in request.store.tasks(request_id, statuses=wanted)]
-        if len(request.store.tasks(request_id)) < row.n_tasks:
+        indices = [t.idx for t in request.store.iter_tasks(request_id, statuses=wanted,
+                                                             values=False)]
+        if not results.all_arguments_stored(request):
             raise results.incomplete(request)
         if not indices:
             return 0

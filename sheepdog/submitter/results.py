@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,15 +114,23 @@ def _abandon(request: OpenRequest) -> None:
     request.update(status="incomplete")
 
 
+def all_arguments_stored(request: OpenRequest) -> bool:
+    """Whether the dbfile holds every argument of the request. ``n_tasks`` is written
+    once the submitter has read them all (0 until then: a generator has no length)."""
+    row = request.row
+    return row.status != "incomplete" or (
+        row.n_tasks > 0 and request.store.stored_tasks(row.request_id) == row.n_tasks)
+
+
 def incomplete(request: OpenRequest) -> RequestFailed:
     rid = request.request_id
-    stored = len(request.store.tasks(rid))
     where = request.row.submitter.split()
     who = f" ({where[0]} pid {where[1]})" if len(where) == 3 else ""
     offer = (f"sheepdog.resubmit({rid}) (or `sheepdog resubmit {rid}`) runs its tasks"
-             if stored == request.row.n_tasks else
-             f"the dbfile holds only {stored} of its {request.row.n_tasks} arguments, so it"
-             " cannot be resubmitted: submit it again with map")
+             if all_arguments_stored(request) else
+             f"the dbfile holds only {request.store.stored_tasks(rid)} of its arguments (its"
+             " submitter stopped while reading them), so it cannot be resubmitted: submit it"
+             " again with map")
     return RequestFailed(
         f"request {rid} was never fully submitted: its submitter{who} stopped before its job"
         f" was queued, so none of its tasks runs. {offer}."
@@ -174,8 +182,8 @@ def _reason(request: OpenRequest) -> str:
         reason = request.meta().get("reason")
         if reason:
             return reason
-    lost = [t.error for t in request.store.tasks(request.request_id, statuses=("lost",))]
-    return next((e for e in lost if e), "no reason recorded")
+    lost = request.store.iter_tasks(request.request_id, statuses=("lost",), values=False)
+    return next((t.error for t in lost if t.error), "no reason recorded")
 
 
 def wait(request: OpenRequest, *, verbose: bool, timeout: float | None) -> None:
@@ -208,13 +216,25 @@ class _Waiter:
         self.request = request
         self.watch = Watch(request, say)
         self._collator: Collator | None = None
+        self._counted = False  # whether done() has counted since the collator was made
 
     def collator(self) -> Collator:
         row = self.request.row
         if self._collator is None or self._collator.stream != row.broker_request \
                 or self._collator.broker is not self.request.connect():
             self._collator = self.request.collator()
+            self._counted = False
         return self._collator
+
+    def done(self, before: int, idle: bool) -> int:
+        """Tasks with a final outcome in the dbfile: ``before`` plus what this waiter's
+        collator added, or counted again when that is not known - or when idle, in case
+        another process collates into the same dbfile."""
+        gained = self._collator.take_gained() if self._collator is not None else None
+        if gained is None or not self._counted or idle:
+            self._counted = self._collator is not None
+            return self.request.done()
+        return before + gained
 
     def collate(self) -> int | None:
         """Collate one batch: its size, or None (after a pause) if the broker or the
@@ -267,7 +287,7 @@ def _collate_until_done(request: OpenRequest, verbose: bool, timeout: float | No
         waiter = _Waiter(request, say if verbose else say_on_stderr)
         while done < total:
             collated = waiter.collate()
-            now_done = request.done()
+            now_done = waiter.done(done, idle=not collated)
             bar.update(now_done - done)
             done = now_done
             if done >= total:
@@ -331,19 +351,25 @@ def _no_key(index: int) -> str:
 def outcomes(request: OpenRequest, *, statuses: tuple[str, ...] | None = None,
              values: bool = True) -> list[Outcome]:
     """Tasks in order (those with an outcome in ``statuses``, if given), decoded."""
+    return list(iter_outcomes(request, statuses=statuses, values=values))
+
+
+def iter_outcomes(request: OpenRequest, *, statuses: tuple[str, ...] | None = None,
+                  values: bool = True, args: Callable[[str | None], bool] = lambda _: True,
+                  ) -> Iterator[Outcome]:
+    """``outcomes`` one at a time, read from the dbfile as they are used; ``args`` says,
+    by status, whether a task's arguments are wanted (else they are None)."""
     key = _key_or_none(request)
-    found = []
-    for row in request.store.tasks(request.request_id, statuses=statuses):
+    for row in request.store.iter_tasks(request.request_id, statuses=statuses, values=values):
         try:
-            args = _decode_args(row.args, key, row.idx)
+            item = _decode_args(row.args, key, row.idx) if args(row.status) else None
             value = _decode_value(row, key, request.row.token) if values else None
         except SerialisationError as exc:
             raise SerialisationError(f"request {request.request_id}, task {row.idx}: {exc}"
                                      ) from exc
         except IntegrityError as exc:
             raise IntegrityError(f"request {request.request_id}: {exc}") from exc
-        found.append(Outcome(row.idx, args, row.status, value, row.error, row.attempt))
-    return found
+        yield Outcome(row.idx, item, row.status, value, row.error, row.attempt)
 
 
 def incidents(request: OpenRequest) -> list[str]:

@@ -328,20 +328,27 @@ class Store:
 
             yield int(floor) + 1, add
 
-    def add_tasks(self, request_id: int, args: Iterable[tuple[int, bytes]]) -> None:
-        """Store task arguments, in batches of one transaction each."""
+    def add_tasks(self, request_id: int, args: Iterable[tuple[int, bytes]], *,
+                  n_tasks: int | None = None) -> None:
+        """Store task arguments, in batches of one transaction each; ``n_tasks`` (when
+        these are the last) is written with the last batch: the dbfile then knows it
+        has them all."""
         batch: list[tuple[int, int, bytes]] = []
         for idx, payload in args:
             batch.append((request_id, idx, payload))
             if len(batch) >= INSERT_BATCH:
                 self._insert_tasks(batch)
                 batch = []
-        if batch:
-            self._insert_tasks(batch)
+        if batch or n_tasks is not None:
+            self._insert_tasks(batch, (request_id, n_tasks) if n_tasks is not None else None)
 
-    def _insert_tasks(self, batch: list[tuple[int, int, bytes]]) -> None:
+    def _insert_tasks(self, batch: list[tuple[int, int, bytes]],
+                      n_tasks: tuple[int, int] | None = None) -> None:
         with self._transaction() as db:
             db.executemany("INSERT INTO tasks (request_id, idx, args) VALUES (?, ?, ?)", batch)
+            if n_tasks is not None:
+                db.execute("UPDATE requests SET n_tasks = ? WHERE request_id = ?",
+                           (n_tasks[1], n_tasks[0]))
 
     def update_request(self, request_id: int, **values: object) -> None:
         allowed = {"job_ids", "status", "broker_id", "broker_request", "submitter", "settings"}
@@ -368,14 +375,38 @@ class Store:
     def save_outcomes(
         self, finals: list[dict[str, object]], earlier: list[dict[str, object]],
         incidents: list[dict[str, object]], cancels: list[dict[str, object]],
-    ) -> None:
-        """Upsert a batch of outcomes in one transaction; replays change nothing."""
+    ) -> int | None:
+        """Upsert a batch of outcomes in one transaction; replays change nothing.
+
+        Returns how many tasks got their first final outcome, so a reader can
+        count without counting the table again (None after a cancel: count).
+        """
         with self._transaction() as db:
+            before = self._with_outcome(db, finals)
             db.executemany(_INSERT_ATTEMPT, earlier)
             db.executemany(_UPSERT_RESULT, finals)
             db.executemany(_INSERT_EARLIER_FINAL, finals)
             db.executemany(_INSERT_INCIDENT, incidents)
             db.executemany(_CANCEL_PENDING, cancels)
+            gained = self._with_outcome(db, finals) - before
+        return None if cancels else gained
+
+    @staticmethod
+    def _with_outcome(db: sqlite3.Connection, finals: list[dict[str, object]]) -> int:
+        """How many of the tasks of ``finals`` have a final outcome in the table."""
+        found = 0
+        by_request: dict[object, set[object]] = {}
+        for row in finals:
+            by_request.setdefault(row["request_id"], set()).add(row["idx"])
+        for request_id, indices in by_request.items():
+            listed = sorted(indices)  # type: ignore[type-var]
+            for start in range(0, len(listed), 500):
+                chunk = listed[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                found += db.execute(
+                    f"SELECT count(*) FROM results WHERE request_id = ? AND idx IN ({marks})",
+                    (request_id, *chunk)).fetchone()[0]
+        return found
 
     def restart_tasks(self, request_id: int, indices: list[int], firsts: dict[int, int]) -> None:
         """Move the outcomes of ``indices`` to history; their next attempt is ``firsts[i]``."""
@@ -433,21 +464,44 @@ class Store:
 
     def tasks(self, request_id: int, *, statuses: tuple[str, ...] | None = None
               ) -> list[TaskRow]:
-        """Tasks in index order, with their final outcome where there is one.
+        """``iter_tasks`` as a list."""
+        return list(self.iter_tasks(request_id, statuses=statuses))
+
+    def iter_tasks(self, request_id: int, *, statuses: tuple[str, ...] | None = None,
+                   values: bool = True) -> Iterator[TaskRow]:
+        """Tasks in index order, with their final outcome where there is one, read as
+        they are used (a million rows are never held at once).
 
         ``statuses`` keeps only tasks whose outcome has one of them ('' for
-        tasks without an outcome).
+        tasks without an outcome); ``values=False`` leaves result values out.
         """
-        rows = self._db.execute(
-            "SELECT t.idx, t.args, r.attempt, r.status, r.value, r.error, r.cause, r.mac"
+        value = "r.value" if values else "NULL AS value"
+        cursor = self._db.execute(
+            f"SELECT t.idx, t.args, r.attempt, r.status, {value}, r.error, r.cause, r.mac"
             " FROM tasks t LEFT JOIN results r USING (request_id, idx)"
             " WHERE t.request_id = ? ORDER BY t.idx",
             (request_id,),
-        ).fetchall()
-        found = [TaskRow(**dict(r)) for r in rows]
-        if statuses is None:
-            return found
-        return [row for row in found if (row.status or "") in statuses]
+        )
+        while rows := cursor.fetchmany(1000):
+            for r in rows:
+                row = TaskRow(*r)
+                if statuses is None or (row.status or "") in statuses:
+                    yield row
+
+    def task_args(self, request_id: int, indices: list[int]) -> Iterator[tuple[int, bytes]]:
+        """(index, args payload) of ``indices``, in their order, read a chunk at a time."""
+        for start in range(0, len(indices), 500):
+            chunk = indices[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = dict(self._db.execute(
+                f"SELECT idx, args FROM tasks WHERE request_id = ? AND idx IN ({marks})",
+                (request_id, *chunk)).fetchall())
+            yield from ((i, bytes(rows[i])) for i in chunk)
+
+    def stored_tasks(self, request_id: int) -> int:
+        row = self._db.execute("SELECT count(*) FROM tasks WHERE request_id = ?",
+                               (request_id,)).fetchone()
+        return int(row[0])
 
     def function_payload(self, request_id: int) -> bytes:
         row = self._db.execute("SELECT func FROM requests WHERE request_id = ?",

@@ -128,7 +128,8 @@ class Watch:
         if (request.row.broker_id, request.row.broker_request) != seen:
             request.disconnect()  # another process waiting for it pushed it again already
             return
-        pending = [t.idx for t in request.store.tasks(request.request_id, statuses=("",))]
+        pending = [t.idx for t in request.store.iter_tasks(request.request_id, statuses=("",),
+                                                            values=False)]
         before = request.row.broker_id
         what = ("its data was replaced" if broker.current_id() != before
                 else "the request's keys are gone")
@@ -259,6 +260,8 @@ class Watch:
         held = {i: c for i, c in claims.items() if c.holder != "-"}
         if state.unknown is None and state.all_ended(job_ids):
             waiting = set(broker.waiting_retries(request.row.broker_request))
+            if request.session.settings.pilots:  # tasks tried before wait in the queue
+                waiting |= {i for i, c in claims.items() if c.holder == "-"}
             pending = set(broker.pending_indices(request.row.broker_request))
             never = sorted(pending - waiting - set(held))
             if never:
@@ -293,6 +296,9 @@ class Watch:
 
     def _start_retries(self, broker: Broker, state: JobState | None) -> None:
         request = self.request
+        if request.session.settings.pilots:
+            self._start_pilots(broker, state)
+            return
         scheduler = request.session.scheduler()
         if scheduler.takes_retries and state is not None and state.active:
             return  # its running jobs start them
@@ -320,6 +326,31 @@ class Watch:
             self.say(f"sheepdog: running {len(indices)} task(s) of request"
                      f" {request.request_id} again{more} as {row.scheduler} job"
                      f" {','.join(job_ids)}")
+
+
+    def _start_pilots(self, broker: Broker, state: JobState | None) -> None:
+        """Worker mode: tasks left in the queue with no worker running (the others
+        finished before these were lost, or a worker needs more memory): a new job."""
+        request = self.request
+        if state is not None and (state.unknown is not None or state.active):
+            return  # running workers take them; or we cannot tell
+        row = request.row
+        level, queued = broker.tasks.requeue(row.broker_request, row.token)
+        if not queued:
+            return
+        pending = broker.pending(row.broker_request)
+        try:
+            job_ids = launch(request.session, broker, row, request.key, request.worker_url,
+                             indices=None, level=max(level, 0), tasks=pending,
+                             label=f"retry-{int(time.time() * 1000)}")
+        except (SheepdogError, OSError) as exc:
+            self.unreachable(f"the {row.scheduler} scheduler",
+                             f"starting workers for {pending} task(s) failed: {exc}")
+            return
+        joined = broker.add_job_ids(row.broker_request, job_ids)
+        request.update(job_ids=joined)
+        self.say(f"sheepdog: {pending} task(s) of request {request.request_id} left and no"
+                 f" worker running: started {row.scheduler} job {','.join(job_ids)}")
 
 
 def cancel_request(request: OpenRequest, broker: Broker, reason: str) -> int:

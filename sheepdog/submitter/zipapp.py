@@ -39,6 +39,7 @@ WORKER_MODULES = (
     "worker_bootstrap/capture.py",
     "worker_bootstrap/environment.py",
     "worker_bootstrap/link.py",
+    "worker_bootstrap/pilot.py",
     "worker_bootstrap/run.py",
 )
 

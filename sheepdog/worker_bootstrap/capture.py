@@ -39,18 +39,35 @@ class _Stream:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Capture.stop
-        self.saved = os.dup(fd)
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Capture.close
+        self.saved = -1
         self.sent = 0
 
+    def redirect(self) -> None:
+        """Start afresh (the file is reused: a worker runs many tasks) and redirect."""
+        self.file.truncate(0)
+        self.file.seek(0)
+        self.sent = 0
+        self.saved = os.dup(self.fd)
+        os.dup2(self.file.fileno(), self.fd)
+
+    def restore(self) -> None:
+        os.dup2(self.saved, self.fd)
+        self.pump()
+        os.close(self.saved)
+        self.saved = -1
+
     def pump(self) -> None:
+        if self.saved < 0:
+            return
         while chunk := os.pread(self.file.fileno(), 1 << 16, self.sent):
             _write_all(self.saved, chunk)
             self.sent += len(chunk)
 
 
 class Capture:
-    """fds 1 and 2 redirected to temp files from ``start`` to ``stop``."""
+    """fds 1 and 2 redirected to temp files from ``start`` to ``stop``, again and again
+    (one pair of files per worker, not per task); ``close`` when done."""
 
     def __init__(self) -> None:
         self._streams: list[_Stream] = []
@@ -61,9 +78,11 @@ class Capture:
     def start(self) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        self._streams = [_Stream(1), _Stream(2)]
-        for stream in self._streams:
-            os.dup2(stream.file.fileno(), stream.fd)
+        with self._lock:
+            if not self._streams:
+                self._streams = [_Stream(1), _Stream(2)]
+            for stream in self._streams:
+                stream.redirect()
 
     def pump(self) -> None:
         with self._lock:
@@ -75,11 +94,12 @@ class Capture:
         sys.stderr.flush()
         with self._lock:
             for stream in self._streams:
-                os.dup2(stream.saved, stream.fd)
-                stream.pump()
-                os.close(stream.saved)
+                stream.restore()
             out, err = self._streams
             self.stdout, self.stderr = tail(out.file), tail(err.file)
+
+    def close(self) -> None:
+        with self._lock:
             for stream in self._streams:
                 stream.file.close()
             self._streams = []

@@ -37,6 +37,8 @@ class JobFile:
 
     ``indices`` is None when array task ``i`` runs task ``i``; a retry job
     runs only some tasks, and its array task ``i`` runs ``indices[i - 1]``.
+    With ``mode`` 'workers' every array task is a pilot that takes tasks from
+    the request's queue until none is left (``indices`` is then None).
     """
 
     broker_url: str  # with a password: this is why the file is private
@@ -51,14 +53,18 @@ class JobFile:
     lease_timeout: float = 60.0  # seconds without a heartbeat after which a task is lost
     broker_patience: float = 120.0  # seconds a worker retries a broker that is down
     max_payload: int = 512 * 2**20  # bytes the broker takes in one value (proto-max-bulk-len)
+    mode: str = "tasks"  # 'tasks': one task per array task; 'workers': pilots
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))
 
     def dump(self, path: Path) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """Write it whole or not at all: a worker may be reading the old one."""
+        part = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.dumps())
+        os.replace(part, path)
 
     @classmethod
     def load(cls, path: Path) -> JobFile:

@@ -56,13 +56,15 @@ def python_mismatch(submitter_python: str) -> str | None:
     )
 
 
-def _load(func_payload: bytes, args_payload: bytes, key: bytes, index: int
-          ) -> tuple[Any, list[Any]]:
+def load_function(func_payload: bytes, key: bytes) -> Any:
     f, ns = codec.decode(func_payload, key, codec.FUNC_CONTEXT)
-    args = codec.decode(args_payload, key, codec.args_context(index))
     if ns:
         f.__globals__.update(ns)  # one dict shared by every by-value function of the pickle
-    return f, args
+    return f
+
+
+def load_args(args_payload: bytes, key: bytes, index: int) -> list[Any]:
+    return codec.positional(codec.decode(args_payload, key, codec.args_context(index)))
 
 
 def _user_traceback(exc: BaseException) -> str:
@@ -105,6 +107,27 @@ def _memory_error(exc: MemoryError, limit: int) -> str:
         " (set by -l mem_grab in ge_opts; ask for more, e.g. '-l mem_grab=4G', or set"
         " retry_memory_factor to retry it with more).\n" + _user_traceback(exc)
     )
+
+
+def call(f: Any, args: list[Any], key: bytes, limit: int | None, max_payload: int
+         ) -> tuple[str, str, Fields]:
+    """Run ``f(*args)`` under the memory limit: (status, cause, fields), whatever happens."""
+    try:
+        with memory_limit(limit):
+            value = f(*args)
+    except MemoryError as exc:
+        if limit is None:
+            return "error", "", {"error": _user_traceback(exc)}
+        return "error", "memory", {"error": _memory_error(exc, limit)}
+    except BaseException as exc:
+        return "error", "", {"error": _user_traceback(exc)}
+    try:
+        payload = codec.encode(value, key, codec.VALUE_CONTEXT, what="return value")
+    except SheepdogError as exc:
+        return "error", "", {"error": f"{type(exc).__name__}: {exc}"}
+    if len(payload) > max_payload:
+        return "error", "", {"error": _too_large(len(payload), max_payload)}
+    return "ok", "", {"payload": payload}
 
 
 class Attempt:
@@ -156,31 +179,20 @@ class Attempt:
                 status, cause, fields = self._call(claim)
         finally:
             capture.stop()
+            capture.close()
         fields["stdout"] = capture.stdout
         fields["stderr"] = capture.stderr
         return status, cause, fields
 
     def _call(self, claim: ClaimReply) -> tuple[str, str, Fields]:
-        limit = self.job.memory_limit
         try:
-            f, args = _load(claim.func, claim.args, self.key, self.index)
-            with memory_limit(limit):
-                value = f(*args)
+            f = load_function(claim.func, self.key)
+            args = load_args(claim.args, self.key, self.index)
         except SheepdogError as exc:  # our own loading errors: the message is the point
             return "error", "", {"error": f"{type(exc).__name__}: {exc}"}
-        except MemoryError as exc:
-            if limit is None:
-                return "error", "", {"error": _user_traceback(exc)}
-            return "error", "memory", {"error": _memory_error(exc, limit)}
-        except BaseException as exc:
+        except Exception as exc:
             return "error", "", {"error": _user_traceback(exc)}
-        try:
-            payload = codec.encode(value, self.key, codec.VALUE_CONTEXT, what="return value")
-        except SheepdogError as exc:
-            return "error", "", {"error": f"{type(exc).__name__}: {exc}"}
-        if len(payload) > self.job.max_payload:
-            return "error", "", {"error": _too_large(len(payload), self.job.max_payload)}
-        return "ok", "", {"payload": payload}
+        return call(f, args, self.key, self.job.memory_limit, self.job.max_payload)
 
     def record(self, attempt: int, status: str, cause: str, fields: Fields) -> int:
         fields.update(host=self.host, pid=str(self.pid), job=self.job_ref,
@@ -264,15 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = JobFile.load(Path(args[0]))
         array_index = task_index(job.scheduler, os.environ)
-        index = job.task_for(array_index)
+        index = job.task_for(array_index) if job.mode != "workers" else 0
     except BadEnvironment as exc:
         log(str(exc))
         return EXIT_BAD_ENVIRONMENT
     link = BrokerLink(job.broker_url, job.broker_patience)
+    job_ref = job_reference(job.scheduler, os.environ, array_index)
     try:
-        return run_task(link, job, index, job_reference(job.scheduler, os.environ, array_index))
+        if job.mode == "workers":
+            from sheepdog.worker_bootstrap.pilot import run_pilot
+
+            return run_pilot(link, job, job_ref)
+        return run_task(link, job, index, job_ref)
     except BrokerError as exc:
-        log(f"giving up on task {index}: {exc}")
+        log(f"giving up: {exc}")
         return EXIT_NOT_RECORDED
     finally:
         link.close()

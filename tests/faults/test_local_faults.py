@@ -143,7 +143,7 @@ def _kill_submitter_in(method: str, when: str, server: Server, dbfile: str,
 
 def test_submitter_killed_mid_submit_never_hangs_anyone(server: Server, dbfile: str,
                                                         tmp_path: Path) -> None:
-    _kill_submitter_in("Broker.push_request", "after", server, dbfile, tmp_path)  # pushed
+    _kill_submitter_in("Broker.push_tasks", "after", server, dbfile, tmp_path)  # pushed
     rid = _request_id(dbfile)
     client = server.client()
     assert 0 < client.ttl(keys.tasks(rid)) <= keys.SUBMIT_TTL  # its keys would expire
@@ -166,7 +166,8 @@ def test_submitter_killed_before_the_dbfile_had_every_argument(
     _kill_submitter_in("Store._insert_tasks", "after", server, dbfile, tmp_path)  # 10 of 50
     rid = _request_id(dbfile)
     message = (rf"request {rid} was never fully submitted: .* the dbfile holds only 10 of its"
-               " 50 arguments, so it cannot be resubmitted: submit it again with map")
+               r" arguments \(its submitter stopped while reading them\), so it cannot be"
+               " resubmitted: submit it again with map")
     with pytest.raises(sheepdog.RequestFailed, match=message):
         sheepdog.get_results(rid, dbfile, timeout=30)
     with pytest.raises(sheepdog.RequestFailed, match=message):
@@ -364,4 +365,4 @@ def test_an_expired_lease_is_reaped_only_if_it_stays_expired(dbfile: str) -> Non
             with contextlib.suppress(ProcessLookupError):  # its runner may have killed it
                 os.kill(worker, signal.SIGCONT)
     assert any("lost (task 1, attempt 1: no heartbeat" in line for line in said)
-    assert sheepdog.get_results(rid, dbfile, timeout=60) == [(4, 16)]  # its retry
+    assert sheepdog.get_results(rid, dbfile, timeout=60) == [(4, 16)], sheepdog.get_errors(rid, dbfile)  # its retry

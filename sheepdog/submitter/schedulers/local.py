@@ -71,15 +71,17 @@ class LocalScheduler:
 
     def submit(self, job: ArrayJob) -> list[str]:
         job_file = job.local_dir / JOB_FILE
-        if not job_file.exists():  # the same for every job of the request: the runner
-            # gives each worker its task's own index, so the file lists no tasks
-            replace(job.job_file, indices=None).dump(job_file)
+        # The same for every job of the request: the runner gives each worker its
+        # task's own index (or a pilot number), so the file lists no tasks. It is
+        # written again each time: a resubmit may change the mode.
+        replace(job.job_file, indices=None).dump(job_file)
         tasks_file = job.local_dir / f"tasks-{job.label}.json"
         indices = job.job_file.indices or list(range(1, job.size + 1))
         tasks_file.write_text(json.dumps(indices))
+        at_once = job.size if job.job_file.mode == "workers" else job.settings.local_slots
         command = [
             sys.executable, "-m", "sheepdog.submitter.schedulers.local_runner", "--detach",
-            str(job_file), str(tasks_file), str(job.settings.workers),
+            str(job_file), str(tasks_file), str(at_once),
             job.settings.worker_python, str(job.local_dir / "runner.log"),
             self._worker(job.settings.worker_python),
         ]

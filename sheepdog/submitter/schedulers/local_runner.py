@@ -12,7 +12,10 @@ group id is its pid, for ``cancel``) and its output goes to LOG.
 
 It runs the tasks listed in TASKS_FILE (a JSON list of indices) that still
 have no outcome, at most WORKERS at a time; then it takes the tasks waiting
-for a retry, until none is left. A worker that exits without an outcome
+for a retry, until none is left. In worker mode (the job file says so)
+TASKS_FILE lists the pilots' array indices instead: it starts them all, and a
+pilot that dies has the tasks it held recorded as lost (they go back to the
+queue for the others) and is replaced. A worker that exits without an outcome
 (killed, crashed, could not start) has its attempt recorded as lost, with the
 exit status and the tail of its output: it is retried if attempts are left,
 else final. The runner speaks to the broker as the workers do, with the
@@ -32,13 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from sheepdog.broker import keys, scripts
-from sheepdog.broker.tasks import Claim
+from sheepdog.broker.tasks import Claim, TaskChannel
 from sheepdog.errors import BrokerError
 from sheepdog.submitter.schedulers.local import job_id_for
 from sheepdog.worker_bootstrap.capture import tail
@@ -78,8 +81,17 @@ class LocalRunner:
         self.link = BrokerLink(self.job.broker_url, self.job.broker_patience)
         self.key = bytes.fromhex(self.job.key)
         self.host = socket.gethostname()
-        self._listed = self._listed_tasks()  # read from the broker on first use
+        self.pilots = self.job.mode == "workers"
+        self._listed = iter(indices) if self.pilots else self._listed_tasks()
         self._retries: collections.deque[int] = collections.deque()
+        self._replacements: list[int] = []  # array indices of pilots that replace dead ones
+        self._last_pilot = max(indices, default=0)
+        self._seen: dict[int, dict[int, int]] = {}  # pilot pid -> tasks seen held: attempt
+        self._fenced: set[int] = set()  # pilots killed because their tasks were taken away
+
+    def _next_pilot(self) -> int:
+        self._last_pilot += 1
+        return self._last_pilot
 
     def _start(self, index: int) -> Running | None:
         env = dict(os.environ, **{TASK_INDEX_VARS["local"]: str(index),
@@ -96,6 +108,37 @@ class LocalRunner:
                        " Check the 'shell' config key.", "")
             return None
         return Running(index, proc, output)
+
+    def _lost_pilot(self, run: Running) -> int:
+        """A pilot died: record every task it held as lost; how many."""
+        rid = self.job.request_id
+        said = tail(run.output)
+        claims = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
+            "HGETALL", keys.claims(rid)))
+        held = []
+        for i in range(0, len(claims), 2):
+            claim = Claim.parse(claims[i + 1].decode())
+            if claim.holder != "-" and claim.pid == str(run.proc.pid) and claim.host == self.host:
+                held.append((int(claims[i]), claim))
+        why = f"worker process {run.proc.pid} {exit_reason(run.proc.returncode)}"
+        if not held:
+            print(f"{why} holding no task; its last words:\n{said}", file=sys.stderr, flush=True)
+        for index, claim in held:
+            fields: dict[str, str | bytes] = {
+                "error": f"{why} without an outcome for this task (it ran it, or held it"
+                         " in its batch)",
+                "stderr": said, "host": self.host, "pid": str(run.proc.pid),
+                "job": claim.job, "started": f"{claim.started:.6f}"}
+            self.link.call(f"recording task {index} as lost", self._record_lost(
+                index, claim, fields))
+        return len(held)
+
+    def _record_lost(self, index: int, claim: Claim, fields: dict[str, str | bytes]
+                     ) -> Callable[[TaskChannel], int]:
+        rid, token = self.job.request_id, self.job.token
+        return lambda ch: ch.record(rid, token, index, key=self.key, holder=claim.holder,
+                                    attempt=claim.attempt, status="lost", cause="",
+                                    fields=fields)
 
     def _lost(self, index: int, pid: int | None, reason: str, output: str) -> None:
         """Record the attempt of ``index`` that worker ``pid`` was running as lost."""
@@ -118,6 +161,12 @@ class LocalRunner:
 
     def _finished(self, run: Running) -> None:
         code = run.proc.returncode
+        if self.pilots and code != 0:
+            lost = self._lost_pilot(run)
+            if lost or run.proc.pid in self._fenced:  # its tasks wait in the queue
+                self._replacements.append(self._next_pilot())
+            run.output.close()
+            return
         said = tail(run.output)
         run.output.close()
         if code == 0:
@@ -144,6 +193,9 @@ class LocalRunner:
     def _next(self) -> int | None:
         """The next task to start: a listed one, else one waiting for a retry, else None."""
         index = next(self._listed, None)
+        if self.pilots:  # pilots take retries from the queue themselves
+            return index if index is not None else (
+                self._replacements.pop() if self._replacements else None)
         if index is None and not self._retries:
             self._retries.extend(self._take_retries())
         if index is None and self._retries:
@@ -181,7 +233,10 @@ class LocalRunner:
             self._reap(running)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + CHECK_INTERVAL
-                self._stop_fenced(running)
+                if self.pilots:
+                    self._stop_fenced_pilots(running)
+                else:
+                    self._stop_fenced(running)
 
     @staticmethod
     def _wake_on_child_exit() -> int:
@@ -216,6 +271,27 @@ class LocalRunner:
             elif run.attempt:  # it held it once, and no longer does
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(run.proc.pid, signal.SIGKILL)
+
+
+    def _stop_fenced_pilots(self, running: dict[int, Running]) -> None:
+        """Kill pilots that hold a task whose attempt was declared lost (they hung past
+        its lease): its retry needs their slot. A replacement takes the slot."""
+        rid = self.job.request_id
+        flat = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
+            "HGETALL", keys.claims(rid)))
+        claims = {int(flat[i]): Claim.parse(flat[i + 1].decode()) for i in range(0, len(flat), 2)}
+        for pid in list(running):
+            seen = self._seen.get(pid, {})
+            for index, attempt in seen.items():
+                claim = claims.get(index)
+                taken = claim is not None and (claim.holder == "-" or (
+                    claim.attempt > attempt and claim.pid != str(pid)))
+                if taken and pid not in self._fenced:
+                    self._fenced.add(pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            self._seen[pid] = {i: c.attempt for i, c in claims.items()
+                               if c.holder != "-" and c.pid == str(pid) and c.host == self.host}
 
 
 def _detach(log_file: str) -> None:
