@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import sqlite3
 import time
 from pathlib import Path
 
@@ -48,6 +49,21 @@ def test_a_200_task_array_in_order(config: dict[str, object]) -> None:
     started = time.monotonic()
     assert sheepdog.map(add, args, config, raise_errors=True) == [i + 1000 for i in range(200)]
     print(f"200-task array on the test cluster: {time.monotonic() - started:.1f} s")
+
+
+def test_worker_mode_runs_the_array_as_eight_pilots(config: dict[str, object]) -> None:
+    args = [(i, 1000) for i in range(500)]
+    started = time.monotonic()
+    values = sheepdog.map(add, args, dict(config, workers=8), raise_errors=True)
+    assert values == [i + 1000 for i in range(500)]
+    print(f"500 tasks on 8 pilots on the test cluster: {time.monotonic() - started:.1f} s")
+    dbfile = str(config["dbfile"])
+    with sqlite3.connect(dbfile) as db:
+        rid, job_ids = db.execute(
+            "SELECT request_id, job_ids FROM requests ORDER BY request_id DESC").fetchone()
+        refs = {r[0] for r in db.execute("SELECT job FROM results WHERE request_id = ?", (rid,))}
+    assert "," not in job_ids  # one array job
+    assert refs <= {f"{job_ids}.{k}" for k in range(1, 9)}  # of eight tasks
 
 
 def test_workers_run_from_the_zipapp_on_a_bare_python(config: dict[str, object]) -> None:

@@ -420,3 +420,33 @@ def test_resubmit_while_the_qmaster_is_down_starts_the_tasks_once_it_is_back(
 def _last(dbfile: str) -> int:
     with sqlite3.connect(dbfile) as db:
         return int(db.execute("SELECT max(request_id) FROM requests").fetchone()[0])
+
+
+def test_a_pilot_killed_mid_batch_on_the_node_its_tasks_finish_elsewhere(
+    config: dict[str, object], broker: redis.Redis, testbed: dict[str, str],
+) -> None:
+    """Worker mode: 4 pilots share 24 tasks of 1 s; one is SIGKILLed on the node. The
+    tasks it held are lost by their leases and run by the three others."""
+    args = [(x, 1.0) for x in range(1, 25)]
+    mapping = Mapping(args, dict(config, workers=4, **FAST))
+    try:
+        row = mapping.submitted()
+        wait_for(lambda: len({c.pid for c in running(broker, row["broker_request"]).values()})
+                 >= 2, 90, "two pilots to hold tasks")
+        held = running(broker, row["broker_request"])
+        victim = next(iter(held.values()))
+        batch = sorted(i for i, c in held.items() if c.pid == victim.pid)
+        uid = pwd.getpwnam(testbed["SHEEPDOG_TESTBED_SSH_USER"]).pw_uid
+        assert os.stat(f"/proc/{victim.pid}").st_uid == uid, "the claim's pid is not sgeuser's"
+        os.kill(int(victim.pid), signal.SIGKILL)
+        values = mapping.result(180)
+    finally:
+        mapping.stop()
+    rid = row["request_id"]
+    assert_complete(mapping, values, rid)
+    with sqlite3.connect(mapping.dbfile) as db:
+        refs = {r[0] for r in db.execute("SELECT job FROM results WHERE request_id = ?", (rid,))}
+    assert victim.job not in refs  # others ran them (the other pilots, or a new job)
+    lost = attempts_rows(mapping.dbfile, rid)
+    assert {r["idx"] for r in lost} >= set(batch)
+    assert all(r["status"] == "lost" and r["job"] == victim.job for r in lost)
