@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,15 +47,11 @@ def _demo_f(a: int, b: int) -> int:
 
 
 def _demo_square(x: int) -> int:
-    import os
-    import socket
-
-    print(f"task for {x} on {socket.gethostname()} pid {os.getpid()}")
     return x * x
 
 
 @main.command()
-@click.option("--tasks", default=100, show_default=True, help="Tasks in the second array.")
+@click.option("--tasks", default=10_000, show_default=True, help="Tasks in the second array.")
 @DBFILE
 @_fail_cleanly
 def demo(tasks: int, dbfile: str) -> None:
@@ -63,11 +60,18 @@ def demo(tasks: int, dbfile: str) -> None:
     args = [(1, 1), (1, 2), (2, 2)]
     click.echo(f"sheepdog.map(f, {args}) where f(a, b) = a + b")
     click.echo(f"  -> {api.map(_demo_f, args, config)}")
-    click.echo(f"sheepdog.map(square, range({tasks})), one process per array task")
-    squares = api.map(_demo_square, range(tasks), config)
+    click.echo(f"sheepdog.map(square, range({tasks})): worker mode, one worker per CPU")
+    started = time.monotonic()
+    request_id = api.map_async(_demo_square, range(tasks), config)
+    squares = [value for _, value in api.get_results(request_id, dbfile)]
+    took = time.monotonic() - started
     ok = squares == [x * x for x in range(tasks)]
-    click.echo(f"  -> {len(squares)} results, first {squares[:5]}, all correct: {ok}")
-    click.echo(f"results are kept in {dbfile}; try `sheepdog ls --dbfile {dbfile}`")
+    with Store(dbfile, create=False) as store:
+        pids = store.worker_processes(request_id)
+    click.echo(f"  -> {len(squares)} results in {took:.1f} s ({tasks / took:,.0f} tasks/s) from"
+               f" {pids} worker process(es), first {squares[:5]}, all correct: {ok}")
+    click.echo(f"results are kept in {dbfile}; try `sheepdog ls --dbfile {dbfile}` or"
+               f" `sheepdog status {request_id} --dbfile {dbfile}`")
     if not ok:
         sys.exit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,4 +48,5 @@ def test_demo_runs_the_main_job(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "-> [2, 3, 4]" in proc.stdout
-    assert "6 results, first [0, 1, 4, 9, 16], all correct: True" in proc.stdout
+    assert re.search(r"-> 6 results in [\d.]+ s \([\d,]+ tasks/s\) from [12] worker"
+                     r" process\(es\), first \[0, 1, 4, 9, 16\], all correct: True", proc.stdout)

@@ -119,6 +119,7 @@ class Collator:
         return meta.get("token") == self.row.token
 
     def _row(self, entry_id: str, fields: dict[str, bytes]) -> Row:
+        get = fields.get
         pid = _text(fields, "pid")
         return {
             "request_id": self.row.request_id,
@@ -126,7 +127,7 @@ class Collator:
             "attempt": _whole(_text(fields, "attempt")),
             "status": _text(fields, "status"),
             "cause": _text(fields, "cause") or None,
-            "value": fields.get("payload"),
+            "value": get("payload"),
             "error": _text(fields, "error") or None,
             "mac": _text(fields, "mac"),
             "host": _text(fields, "host") or None,

@@ -153,6 +153,21 @@ ON CONFLICT (request_id, idx) DO UPDATE SET
 WHERE excluded.attempt > results.attempt
 """
 
+#: ``_UPSERT_RESULT`` for a request none of whose tasks was resubmitted.
+_UPSERT_RESULT_PLAIN = """
+INSERT INTO results (request_id, idx, attempt, status, cause, value, error, mac, host, pid,
+                     job, started, finished, stdout, stderr, broker_id, stream_key)
+VALUES (:request_id, :idx, :attempt, :status, :cause, :value, :error, :mac, :host, :pid,
+        :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key)
+ON CONFLICT (request_id, idx) DO UPDATE SET
+    attempt = excluded.attempt, status = excluded.status, cause = excluded.cause,
+    value = excluded.value, error = excluded.error, mac = excluded.mac,
+    host = excluded.host, pid = excluded.pid, job = excluded.job,
+    started = excluded.started, finished = excluded.finished, stdout = excluded.stdout,
+    stderr = excluded.stderr, broker_id = excluded.broker_id, stream_key = excluded.stream_key
+WHERE excluded.attempt > results.attempt
+"""
+
 _INSERT_ATTEMPT = """
 INSERT OR IGNORE INTO attempts (request_id, idx, attempt, status, cause, error, host, pid,
                                 job, started, finished, stdout, stderr)
@@ -182,6 +197,22 @@ INSERT OR IGNORE INTO results (request_id, idx, attempt, status, error, finished
 SELECT t.request_id, t.idx, 0, 'lost', :reason, :finished, :broker_id, :stream_key
 FROM tasks t WHERE t.request_id = :request_id
 """
+
+
+def _count_in(db: sqlite3.Connection, rows: list[dict[str, object]], query: str) -> int:
+    """``query`` (a count, with ``{marks}`` for the indices) summed over the distinct
+    (request, index) pairs of ``rows``, a chunk of indices at a time: O(rows)."""
+    found = 0
+    by_request: dict[object, set[object]] = {}
+    for row in rows:
+        by_request.setdefault(row["request_id"], set()).add(row["idx"])
+    for request_id, indices in by_request.items():
+        listed = sorted(indices)  # type: ignore[type-var]
+        for start in range(0, len(listed), 500):
+            chunk = listed[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found += db.execute(query.format(marks=marks), (request_id, *chunk)).fetchone()[0]
+    return found
 
 
 def stream_key(entry_id: str) -> int:
@@ -384,29 +415,28 @@ class Store:
         with self._transaction() as db:
             before = self._with_outcome(db, finals)
             db.executemany(_INSERT_ATTEMPT, earlier)
-            db.executemany(_UPSERT_RESULT, finals)
-            db.executemany(_INSERT_EARLIER_FINAL, finals)
+            if self._resubmitted(db, finals):  # outcomes of an earlier submission may be here
+                db.executemany(_UPSERT_RESULT, finals)
+                db.executemany(_INSERT_EARLIER_FINAL, finals)
+            else:  # the common case: no per-row look at tasks.first
+                db.executemany(_UPSERT_RESULT_PLAIN, finals)
             db.executemany(_INSERT_INCIDENT, incidents)
             db.executemany(_CANCEL_PENDING, cancels)
             gained = self._with_outcome(db, finals) - before
         return None if cancels else gained
 
     @staticmethod
+    def _resubmitted(db: sqlite3.Connection, finals: list[dict[str, object]]) -> bool:
+        """Whether a task of ``finals`` was resubmitted (its latest submission's first
+        attempt is not 1)."""
+        return _count_in(db, finals, "SELECT count(*) FROM tasks WHERE request_id = ?"
+                         " AND first > 1 AND idx IN ({marks})") > 0
+
+    @staticmethod
     def _with_outcome(db: sqlite3.Connection, finals: list[dict[str, object]]) -> int:
         """How many of the tasks of ``finals`` have a final outcome in the table."""
-        found = 0
-        by_request: dict[object, set[object]] = {}
-        for row in finals:
-            by_request.setdefault(row["request_id"], set()).add(row["idx"])
-        for request_id, indices in by_request.items():
-            listed = sorted(indices)  # type: ignore[type-var]
-            for start in range(0, len(listed), 500):
-                chunk = listed[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                found += db.execute(
-                    f"SELECT count(*) FROM results WHERE request_id = ? AND idx IN ({marks})",
-                    (request_id, *chunk)).fetchone()[0]
-        return found
+        return _count_in(db, finals, "SELECT count(*) FROM results WHERE request_id = ?"
+                         " AND idx IN ({marks})")
 
     def restart_tasks(self, request_id: int, indices: list[int], firsts: dict[int, int]) -> None:
         """Move the outcomes of ``indices`` to history; their next attempt is ``firsts[i]``."""
@@ -501,6 +531,12 @@ class Store:
     def stored_tasks(self, request_id: int) -> int:
         row = self._db.execute("SELECT count(*) FROM tasks WHERE request_id = ?",
                                (request_id,)).fetchone()
+        return int(row[0])
+
+    def worker_processes(self, request_id: int) -> int:
+        """How many distinct (host, pid) recorded the request's outcomes."""
+        row = self._db.execute("SELECT count(*) FROM (SELECT DISTINCT host, pid FROM results"
+                               " WHERE request_id = ?)", (request_id,)).fetchone()
         return int(row[0])
 
     def function_payload(self, request_id: int) -> bytes:
