@@ -16,8 +16,9 @@ submitter's imports each time.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not typing's: importing typing costs a worker's start twice over
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.3.0.dev0"
 
@@ -76,6 +77,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sheepdog' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

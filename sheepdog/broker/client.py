@@ -41,7 +41,7 @@ Reply = Any
 #: one by one: '+@write' would include FLUSHALL, '+@read' KEYS and SCAN,
 #: which key patterns do not restrict. (TIME inside a script needs '+time'.)
 WORKER_COMMANDS = (
-    "ping", "select", "eval", "time", "get", "hget", "hmget", "hgetall", "hkeys", "hset",
+    "ping", "select", "eval", "evalsha", "time", "get", "hget", "hmget", "hgetall", "hkeys", "hset",
     "hdel", "hexists", "hincrby", "hlen", "del", "unlink", "xadd", "zadd", "zrem", "zscore",
     "zrangebyscore", "lpop", "lpush",
 )

@@ -8,14 +8,18 @@ socket), AUTH, SELECT and ``execute_command``. The submitter keeps redis-py.
 
 from __future__ import annotations
 
-import socket
-import ssl
+import _socket  # not socket: that imports enum and selectors, a tenth of a worker's start
+import io
+import sys
 import time
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from sheepdog.broker import urls
 from sheepdog.errors import BrokerError
+
+TYPE_CHECKING = False  # typing, ssl, urllib.parse: a worker's start may not afford them
+if TYPE_CHECKING:
+    import ssl
+    from typing import Any
 
 #: Seconds to wait for a connect or a reply.
 TIMEOUT = 30.0
@@ -40,8 +44,8 @@ def _encode(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
-#: ``ssl_cert_reqs`` values, as redis-py reads them.
-_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+#: ``ssl_cert_reqs`` values, as redis-py reads them (names of ssl's constants).
+_CERT_REQS = {"none": "CERT_NONE", "optional": "CERT_OPTIONAL", "required": "CERT_REQUIRED"}
 
 
 def tls_context(url: str) -> ssl.SSLContext:
@@ -53,16 +57,21 @@ def tls_context(url: str) -> ssl.SSLContext:
     ``ssl_check_hostname`` (``false``, ``no``, ``0`` turn it off),
     ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_password`` (a client
     certificate). A missing or unreadable file is a BrokerError naming it.
+
+    ssl is imported here, not with the module: only a ``rediss://`` worker needs it.
     """
-    query = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+    import ssl
+
+    query = {name: values[0] for name, values in urls.query_params(urls.split(url).query).items()}
     reqs = query.get("ssl_cert_reqs", "required").lower()
     if reqs not in _CERT_REQS:
         raise BrokerError(f"broker_url {urls.redact(url)!r}: ssl_cert_reqs must be one of "
                           f"{', '.join(_CERT_REQS)}, not {reqs!r}")
+    verify_mode = getattr(ssl, _CERT_REQS[reqs])
     context = ssl.create_default_context()
-    context.check_hostname = _CERT_REQS[reqs] != ssl.CERT_NONE and query.get(
+    context.check_hostname = verify_mode != ssl.CERT_NONE and query.get(
         "ssl_check_hostname", "").upper() not in ("0", "F", "FALSE", "N", "NO")
-    context.verify_mode = _CERT_REQS[reqs]
+    context.verify_mode = verify_mode
     certfile, keyfile = query.get("ssl_certfile"), query.get("ssl_keyfile")
     cafile, capath = query.get("ssl_ca_certs"), query.get("ssl_ca_path")
     try:
@@ -78,45 +87,79 @@ def tls_context(url: str) -> ssl.SSLContext:
     return context
 
 
-def _open_socket(url: str, timeout: float) -> socket.socket:
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(parts.path)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    host = parts.hostname or "localhost"
-    context = tls_context(url) if parts.scheme == "rediss" else None  # before any socket
-    sock = socket.create_connection((host, parts.port or 6379), timeout=timeout)
-    if context is not None:
-        try:
-            sock = context.wrap_socket(sock, server_hostname=host)
-        except BaseException:
-            sock.close()
-            raise
+def _connected(family: int, address: Any, timeout: float) -> _socket.socket:
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
-class RespClient:
-    def __init__(self, sock: socket.socket) -> None:
+def _create_connection(host: str, port: int, timeout: float) -> _socket.socket:
+    """``socket.create_connection((host, port), timeout)``: each address in turn."""
+    # getaddrinfo encodes a str host with the idna codec, which imports re (and
+    # unicodedata); an ASCII name is those bytes already.
+    name = host.encode() if host.isascii() else host
+    error: OSError | None = None
+    for family, _, _, _, address in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
+        try:
+            return _connected(family, address, timeout)
+        except OSError as exc:
+            error = exc
+    raise error or OSError(f"getaddrinfo returned no address for {host}")
+
+
+def _open_socket(url: str, timeout: float) -> _socket.socket:
+    parts = urls.split(url)
+    if parts.scheme == "unix":
+        return _connected(_socket.AF_UNIX, parts.path, timeout)
+    host = parts.hostname or "localhost"
+    if parts.scheme != "rediss":
+        return _create_connection(host, parts.port or 6379, timeout)
+    context = tls_context(url)  # before any socket
+    import socket  # ssl has imported it anyway
+
+    sock = socket.create_connection((host, parts.port or 6379), timeout=timeout)
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class _SocketReader(io.RawIOBase):
+    """A socket as a raw stream, for a buffered reader (what ``socket.makefile`` makes)."""
+
+    def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
-        self._file = sock.makefile("rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+
+class RespClient:
+    def __init__(self, sock: _socket.socket) -> None:
+        self._sock = sock
+        self._file = io.BufferedReader(_SocketReader(sock))
 
     @classmethod
     def from_url(cls, url: str, timeout: float = TIMEOUT) -> RespClient:
         urls.check_url(url)
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
+        parts = urls.split(url)
+        query = urls.query_params(parts.query)
         client = cls(_open_socket(url, timeout))
-        password = unquote(parts.password) if parts.password else query.get("password", [""])[0]
+        password = (urls.unquote(parts.password) if parts.password
+                    else query.get("password", [""])[0])
         db_text = query.get("db", [""])[0] if parts.scheme == "unix" else parts.path.strip("/")
         try:
             if password:
-                user = [unquote(parts.username)] if parts.username else []
+                user = [urls.unquote(parts.username)] if parts.username else []
                 client.execute_command("AUTH", *user, password)
             if db_text and int(db_text):
                 client.execute_command("SELECT", int(db_text))
@@ -171,11 +214,18 @@ TRANSIENT_REPLIES = ("LOADING", "BUSY", "OOM", "MISCONF", "TRYAGAIN", "MASTERDOW
                      "READONLY", "CLUSTERDOWN", "NOREPLICAS", "WRONGPASS", "NOAUTH")
 
 
+def _unverified(exc: BaseException) -> bool:
+    """Whether ``exc`` is a TLS certificate that did not verify. Only a program that
+    imported ssl can have one: ssl is not imported to find out."""
+    ssl_module = sys.modules.get("ssl")
+    return ssl_module is not None and isinstance(exc, ssl_module.SSLCertVerificationError)
+
+
 def transient(exc: BaseException) -> bool:
     """Whether retrying later may succeed where ``exc`` failed."""
     if isinstance(exc, RespError):
         return str(exc).startswith(TRANSIENT_REPLIES)
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if _unverified(exc):
         return False  # the wrong CA or name: it will not verify in a moment either
     return isinstance(exc, OSError)  # ConnectionError, timeouts and other TLS errors
 
@@ -203,6 +253,6 @@ def _connect_error(url: str, exc: BaseException) -> Exception:
         return urls.refused_password(url, exc)
     if text.startswith("NOAUTH"):
         return urls.needs_password(url)
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if _unverified(exc):
         return urls.unverified(url, exc)
     return urls.unreachable(url, exc)

@@ -9,56 +9,115 @@ replies both return alike. The same contract tests run it over both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
 from sheepdog.broker import codec, keys, resp, scripts
 
+try:  # Python's own SHA-1: hashlib loads OpenSSL, which costs a worker's start 2 ms
+    from _sha1 import sha1  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # a Python built without it
+    from hashlib import sha1
 
-class Commands(Protocol):
-    def execute_command(self, *args: Any) -> Any: ...
+TYPE_CHECKING = False  # typing, dataclasses: more than a worker's whole start may cost
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any, Protocol
+
+    class Commands(Protocol):
+        def execute_command(self, *args: Any) -> Any: ...
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@dataclass(frozen=True)
-class ClaimReply:
+class _Record:
+    """Immutable fields named by ``_fields`` (in order; also the ``__slots__``),
+    compared, hashed and shown by value, and picklable: what ``dataclass(frozen=True)``
+    would make, without importing dataclasses."""
+
+    _fields: tuple[str, ...] = ()
+    __slots__ = ()
+
+    def _set(self, *values: object) -> None:
+        for name, value in zip(self._fields, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a {type(self).__name__} is"
+                             " immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: a {type(self).__name__} is"
+                             " immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, _Record):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({shown})"
+
+    def __reduce__(self) -> tuple[type[_Record], tuple[Any, ...]]:
+        return (type(self), self._values())
+
+
+class ClaimReply(_Record):
     """What CLAIM said: ``kind`` is run, gone, cancelled, outside, done or busy."""
 
+    _fields = ("kind", "attempt", "func", "args", "python", "detail")
+    __slots__ = _fields
     kind: str
-    attempt: int = 0
-    func: bytes = b""
-    args: bytes = b""
-    python: str = ""
-    detail: str = ""  # outside: n_tasks; busy: the holder's claim
+    attempt: int
+    func: bytes
+    args: bytes
+    python: str
+    detail: str  # outside: n_tasks; busy: the holder's claim
+
+    def __init__(self, kind: str, attempt: int = 0, func: bytes = b"", args: bytes = b"",
+                 python: str = "", detail: str = "") -> None:
+        self._set(kind, attempt, func, args, python, detail)
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(_Record):
     """What CLAIM_NEXT said: ``kind`` is run, again (nothing taken, more to look at),
     empty, gone or cancelled; ``tasks`` are (index, attempt, args payload)."""
 
+    _fields = ("kind", "python", "func", "tasks")
+    __slots__ = _fields
     kind: str
-    python: str = ""
-    func: bytes = b""  # empty unless asked for
-    tasks: list[tuple[int, int, bytes]] = field(default_factory=list)
+    python: str
+    func: bytes  # empty unless asked for
+    tasks: list[tuple[int, int, bytes]]
+
+    def __init__(self, kind: str, python: str = "", func: bytes = b"",
+                 tasks: list[tuple[int, int, bytes]] | None = None) -> None:
+        self._set(kind, python, func, [] if tasks is None else tasks)
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(_Record):
     """A ``claims`` hash value, split (see ``keys.CLAIM_FIELDS``)."""
 
+    _fields = ("attempt", "first", "level", "holder", "started", "host", "pid", "job")
+    __slots__ = _fields
     attempt: int
     first: int
     level: int
     holder: str
-    started: float = 0.0
-    host: str = ""
-    pid: str = ""
-    job: str = ""
+    started: float
+    host: str
+    pid: str
+    job: str
+
+    def __init__(self, attempt: int, first: int, level: int, holder: str,
+                 started: float = 0.0, host: str = "", pid: str = "", job: str = "") -> None:
+        self._set(attempt, first, level, holder, started, host, pid, job)
 
     @classmethod
     def parse(cls, text: str) -> Claim:
@@ -91,10 +150,19 @@ class TaskChannel:
         self.conn = conn
 
     def eval_script(self, script: str, request_id: int, argv: list[Any]) -> Any:
-        # EVAL, not EVALSHA: one round trip, no NOSCRIPT dance, and the server
-        # caches the compiled script by its hash anyway.
         request_keys = keys.request_keys(request_id)
-        return self.conn.execute_command("EVAL", script, len(request_keys), *request_keys, *argv)
+        return self._run_script(script, [*request_keys], argv)
+
+    def _run_script(self, script: str, script_keys: list[str], argv: list[Any]) -> Any:
+        """EVALSHA, and EVAL the first time (NOSCRIPT): a worker sends the text of a
+        script once, not with each of its thousands of records."""
+        try:
+            return self.conn.execute_command("EVALSHA", _sha(script), len(script_keys),
+                                             *script_keys, *argv)
+        except Exception as exc:
+            if not _no_script(exc):
+                raise
+        return self.conn.execute_command("EVAL", script, len(script_keys), *script_keys, *argv)
 
     def meta(self, request_id: int) -> dict[str, str]:
         """The request's meta fields that are set; empty if the request is unknown."""
@@ -206,6 +274,21 @@ class TaskChannel:
     def claim_of(self, request_id: int, index: int) -> Claim | None:
         text = self.conn.execute_command("HGET", keys.claims(request_id), index)
         return Claim.parse(_text(text)) if text else None
+
+
+_SHAS: dict[str, str] = {}
+
+
+def _no_script(exc: Exception) -> bool:
+    """The broker does not know the script yet (our client's error, or redis-py's)."""
+    return str(exc).startswith("NOSCRIPT") or type(exc).__name__ == "NoScriptError"
+
+
+def _sha(script: str) -> str:
+    """The SHA1 a broker knows ``script`` by (EVALSHA)."""
+    if script not in _SHAS:
+        _SHAS[script] = sha1(script.encode()).hexdigest()  # Redis's name for it
+    return _SHAS[script]
 
 
 def _word(text: str) -> str:

@@ -11,11 +11,13 @@ then killed.
 
 from __future__ import annotations
 
+import _thread  # threading.Lock is _thread.allocate_lock; threading costs more
 import os
 import sys
-import tempfile
-import threading
-from typing import IO
+
+TYPE_CHECKING = False  # typing costs more than a worker's start may
+if TYPE_CHECKING:
+    from typing import IO
 
 #: Bytes of stdout and of stderr kept with each outcome.
 TAIL_BYTES = 4096
@@ -26,6 +28,29 @@ def tail(f: IO[bytes]) -> str:
     size = f.seek(0, os.SEEK_END)
     f.seek(max(0, size - TAIL_BYTES))
     return f.read().decode("utf-8", errors="replace")
+
+
+def temporary_file() -> IO[bytes]:
+    """An anonymous file, read and written, gone when closed: ``tempfile.TemporaryFile()``.
+
+    On Linux it is opened directly (O_TMPFILE) in $TMPDIR (or $TEMP, $TMP,
+    /tmp): the tempfile module imports random, shutil, bz2 and lzma, which
+    would cost every array task more than it starts in. Elsewhere, or on a
+    file system without O_TMPFILE, tempfile does it.
+    """
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag:
+        env = os.environ
+        directory = env.get("TMPDIR") or env.get("TEMP") or env.get("TMP") or "/tmp"
+        try:
+            fd = os.open(directory, flag | os.O_RDWR, 0o600)
+        except OSError:
+            pass
+        else:
+            return open(fd, "w+b")
+    import tempfile
+
+    return tempfile.TemporaryFile()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -39,7 +64,7 @@ class _Stream:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Capture.close
+        self.file = temporary_file()
         self.saved = -1
         self.sent = 0
 
@@ -71,7 +96,7 @@ class Capture:
 
     def __init__(self) -> None:
         self._streams: list[_Stream] = []
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self.stdout = ""
         self.stderr = ""
 

@@ -9,23 +9,28 @@ lost when its lease runs out - and is retried.
 
 The keeper thread and the main thread share the one connection (a broker
 sees one client per running task), so every call holds a lock.
+
+Threads and locks come from ``_thread``, which ``threading`` is built on:
+``threading`` costs a worker's start more than the little of it used here.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import sys
-import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 from sheepdog.broker import resp
 from sheepdog.broker.tasks import TaskChannel
 from sheepdog.broker.urls import redact
 from sheepdog.errors import BrokerError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing costs a worker's start more than it can spare
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 #: Longest pause between two tries, seconds.
 MAX_DELAY = 5.0
@@ -44,7 +49,7 @@ class BrokerLink:
         self.url = url
         self.patience = patience
         self._client: resp.RespClient | None = None
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()  # what threading.Lock() is
 
     def call(self, what: str, op: Callable[[TaskChannel], T],
              patience: float | None = None) -> T:
@@ -81,8 +86,10 @@ class BrokerLink:
     def _drop(self) -> None:
         with self._lock:
             if self._client is not None:
-                with contextlib.suppress(OSError):
+                try:  # noqa: SIM105 - contextlib.suppress: one import more for a worker
                     self._client.close()
+                except OSError:
+                    pass
                 self._client = None
 
     def close(self) -> None:
@@ -100,21 +107,34 @@ class Keeper:
         self._beat = beat
         self._interval = interval
         self._pump = pump
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sheepdog-keeper", daemon=True)
+        self._stop = _thread.allocate_lock()  # released when the task ends: the keeper waits
+        self._stop.acquire()                  # on it between two passes (an Event, in effect)
+        self._running = _thread.allocate_lock()  # held while the keeper runs: join by taking it
         self.lost_lease = False
 
     def __enter__(self) -> Keeper:
-        self._thread.start()
+        self._running.acquire()
+        try:
+            _thread.start_new_thread(self._main, ())  # a daemon: it never holds up an exit
+        except BaseException:
+            self._running.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._stop.release()
+        with self._running:  # the keeper has finished
+            pass
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._running.release()
 
     def _run(self) -> None:
         next_beat = time.monotonic() + self._interval
-        while not self._stop.wait(min(self.PUMP_INTERVAL, self._interval)):
+        while not self._stop.acquire(timeout=min(self.PUMP_INTERVAL, self._interval)):
             self._pump()
             if time.monotonic() < next_beat:
                 continue

@@ -15,11 +15,10 @@ running (or for a new job, if none is left).
 
 from __future__ import annotations
 
+import _socket  # gethostname; the socket module imports enum and selectors
+import _thread
 import os
-import socket
-import threading
 import time
-from typing import Any
 
 from sheepdog.broker.tasks import FINAL, RETRIED, Batch, TaskChannel
 from sheepdog.broker.urls import redact
@@ -37,6 +36,10 @@ from sheepdog.worker_bootstrap.run import (
     load_function,
     python_mismatch,
 )
+
+TYPE_CHECKING = False  # typing costs a worker's start more than it can spare
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Seconds of work a batch aims at: long enough that a claim's round trip is
 #: nothing next to it, short enough that the last batches spread over the pilots.
@@ -58,12 +61,12 @@ class Pilot:
         self.job_ref = job_ref
         self.key = bytes.fromhex(job.key)
         self.holder = os.urandom(8).hex()
-        self.host = socket.gethostname()
+        self.host = _socket.gethostname()
         self.pid = os.getpid()
         self.function: Any = None
         self.failure = ""  # why no task of this pilot can run (the function did not load)
         self.held: list[int] = []  # claimed, outcome not yet recorded: their leases matter
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
         self.capture = Capture()
         self.unrecorded = 0
 

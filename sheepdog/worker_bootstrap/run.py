@@ -10,15 +10,10 @@ exit status: the task is then lost when its lease runs out, and retried.
 
 from __future__ import annotations
 
-import contextlib
+import _socket  # gethostname; the socket module imports enum and selectors
 import os
-import socket
 import sys
 import time
-import traceback
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 from sheepdog.broker import codec, keys
 from sheepdog.broker.tasks import FINAL, RETRIED, ClaimReply, TaskChannel
@@ -32,6 +27,14 @@ from sheepdog.worker_bootstrap.environment import (
     task_index,
 )
 from sheepdog.worker_bootstrap.link import BrokerLink, BrokerUnavailable, Keeper, log
+
+# Every array task imports this module and what it imports, so none of them imports
+# typing, dataclasses, pathlib, traceback, re, json, ssl, tempfile, socket, hashlib,
+# threading...: each would cost more than the worker's start can spare. The list, and
+# why each is on it: tests/test_worker_start.py.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Exit statuses, for the scheduler's accounting.
 EXIT_OK = 0  # an outcome was recorded (the task itself may have failed), or nothing to do
@@ -69,28 +72,39 @@ def load_args(args_payload: bytes, key: bytes, index: int) -> list[Any]:
 
 def _user_traceback(exc: BaseException) -> str:
     """The traceback from the user's function down, without sheepdog's own frame."""
+    import traceback  # only here: most tasks do not raise
+
     tb = exc.__traceback__.tb_next if exc.__traceback__ else None
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-@contextlib.contextmanager
-def memory_limit(limit: int | None) -> Iterator[None]:
+class memory_limit:  # named as the contextmanager it replaces
     """Cap the address space (soft RLIMIT_AS) while the function runs, then lift it.
 
-    Lifting it again leaves room to pickle and record the outcome.
+    Lifting it again leaves room to pickle and record the outcome. (A class, not
+    a contextlib.contextmanager: contextlib is one import fewer for a worker.)
     """
-    if limit is None:
-        yield
-        return
-    import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    capped = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (capped, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.saved: tuple[int, int] | None = None
+
+    def __enter__(self) -> None:
+        if self.limit is None:
+            return
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        capped = self.limit if hard == resource.RLIM_INFINITY else min(self.limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (capped, hard))
+        self.saved = (soft, hard)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, self.saved)
+            self.saved = None
 
 
 def _too_large(size: int, limit: int) -> str:
@@ -140,7 +154,7 @@ class Attempt:
         self.job_ref = job_ref
         self.key = bytes.fromhex(job.key)
         self.holder = os.urandom(8).hex()  # not secrets: it imports more than it is worth here
-        self.host = socket.gethostname()
+        self.host = _socket.gethostname()
         self.pid = os.getpid()
         self.started = time.time()
 
@@ -274,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         log("usage: python -m sheepdog.worker_bootstrap JOB_FILE")
         return EXIT_BAD_ENVIRONMENT
     try:
-        job = JobFile.load(Path(args[0]))
+        job = JobFile.load(args[0])
         array_index = task_index(job.scheduler, os.environ)
         index = job.task_for(array_index) if job.mode != "workers" else 0
     except BadEnvironment as exc:

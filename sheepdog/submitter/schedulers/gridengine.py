@@ -27,7 +27,7 @@ import re
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sheepdog.errors import ConfigError, SubmitError
 from sheepdog.submitter import zipapp
@@ -79,20 +79,15 @@ def render(script: JobScript) -> str:
         *(f"#$ {opt}" for opt in script.ge_opts),
         "# sheepdog array job: every task runs worker_bootstrap for its $SGE_TASK_ID.",
         "import os",
-        "import sys",
         "# Grid Engine starts the -S interpreter as a bare 'python', which hides a venv",
-        "# and leaves sys.executable empty: start again once, by its full path.",
-        f"if os.environ.get('SHEEPDOG_REEXEC') != {script.shell!r}:",
-        f"    os.environ['SHEEPDOG_REEXEC'] = {script.shell!r}",
-        f"    os.execv({script.shell!r}, [{script.shell!r}, *sys.argv])",
+        "# and leaves sys.executable empty: the worker is started again, by full path.",
     ]
     if script.zipapp is not None:
-        lines.append(f"sys.path.insert(0, {script.zipapp!r})")
-    lines += [
-        "from sheepdog.worker_bootstrap.run import main",
-        f"raise SystemExit(main([{script.job_file!r}]))",
-        "",
-    ]
+        # The zipapp unpacks itself once and starts from there, bytecode cached.
+        worker = [script.shell, script.zipapp, script.job_file]
+    else:
+        worker = [script.shell, "-m", "sheepdog.worker_bootstrap", script.job_file]
+    lines += [f"os.execv({script.shell!r}, {worker!r})", ""]
     return "\n".join(lines)
 
 
@@ -252,7 +247,7 @@ class GridEngine:
         ge_opts = scale_memory(settings.ge_opts, job.memory_factor)
         job_dir = self._job_dir(settings, job.name)
         job_file = posixpath.join(job_dir, f"job-{job.label}.json")
-        worker_job = replace(job.job_file, memory_limit=memory_limit(ge_opts))
+        worker_job = job.job_file.replace(memory_limit=memory_limit(ge_opts))
         self.remote.put(job_file, worker_job.dumps().encode(), 0o600)
         job_ids: list[str] = []
         try:

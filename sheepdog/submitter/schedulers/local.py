@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from sheepdog.errors import SubmitError
@@ -74,7 +73,7 @@ class LocalScheduler:
         # The same for every job of the request: the runner gives each worker its
         # task's own index (or a pilot number), so the file lists no tasks. It is
         # written again each time: a resubmit may change the mode.
-        replace(job.job_file, indices=None).dump(job_file)
+        job.job_file.replace(indices=None).dump(job_file)
         tasks_file = job.local_dir / f"tasks-{job.label}.json"
         indices = job.job_file.indices or list(range(1, job.size + 1))
         tasks_file.write_text(json.dumps(indices))
