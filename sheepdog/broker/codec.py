@@ -174,11 +174,14 @@ def outcome_mac(
     payload: bytes, error: str,
 ) -> str:
     """Hex signature of one results-stream entry (see the module docstring)."""
-    parts = [b"outcome", token.encode(), b"%d" % index, b"%d" % attempt, status.encode(),
+    parts = (b"outcome", token.encode(), b"%d" % index, b"%d" % attempt, status.encode(),
              cause.encode(), hashlib.sha256(payload).digest(),
-             hashlib.sha256(error.encode("utf-8", "surrogateescape")).digest()]
-    message = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
-    return hmac.digest(key, message, "sha256").hex()
+             hashlib.sha256(error.encode("utf-8", "surrogateescape")).digest())
+    message = bytearray()
+    for part in parts:  # each part length-prefixed: no two entries sign the same bytes
+        message += len(part).to_bytes(4, "big")
+        message += part
+    return hmac.digest(key, bytes(message), "sha256").hex()
 
 
 def check_outcome_mac(

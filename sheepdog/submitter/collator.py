@@ -119,24 +119,27 @@ class Collator:
         return meta.get("token") == self.row.token
 
     def _row(self, entry_id: str, fields: dict[str, bytes]) -> Row:
-        get = fields.get
-        pid = _text(fields, "pid")
+        # One pass over the fields: this runs for every one of a million outcomes.
+        text = {name: value.decode("utf-8", errors="replace")
+                for name, value in fields.items() if name != "payload"}
+        get = text.get
+        pid = get("pid", "")
         return {
             "request_id": self.row.request_id,
-            "idx": _whole(_text(fields, "index")),
-            "attempt": _whole(_text(fields, "attempt")),
-            "status": _text(fields, "status"),
-            "cause": _text(fields, "cause") or None,
-            "value": get("payload"),
-            "error": _text(fields, "error") or None,
-            "mac": _text(fields, "mac"),
-            "host": _text(fields, "host") or None,
+            "idx": _whole(get("index", "")),
+            "attempt": _whole(get("attempt", "")),
+            "status": get("status", ""),
+            "cause": get("cause") or None,
+            "value": fields.get("payload"),
+            "error": get("error") or None,
+            "mac": get("mac", ""),
+            "host": get("host") or None,
             "pid": int(pid) if pid.isdigit() else None,
-            "job": _text(fields, "job") or None,
-            "started": _number(fields, "started"),
-            "finished": _number(fields, "finished"),
-            "stdout": _text(fields, "stdout") or None,
-            "stderr": _text(fields, "stderr") or None,
+            "job": get("job") or None,
+            "started": _seconds(get("started")),
+            "finished": _seconds(get("finished")),
+            "stdout": get("stdout") or None,
+            "stderr": get("stderr") or None,
             "broker_id": self.broker.broker_id,
             "stream_key": stream_key(entry_id),
         }
@@ -149,7 +152,7 @@ class Collator:
             return f"stream entry {entry_id} is not a sheepdog outcome (status {status!r})"
         valid = codec.check_outcome_mac(
             str(row["mac"]), self.key, self.row.token, idx, attempt, str(status),
-            str(row["cause"] or ""), fields.get("payload", b""), _text(fields, "error"),
+            str(row["cause"] or ""), fields.get("payload", b""), str(row["error"] or ""),
         )
         if valid:
             return None
@@ -165,6 +168,13 @@ class Collator:
         return {"request_id": row["request_id"], "broker_id": row["broker_id"],
                 "stream_key": row["stream_key"], "idx": row["idx"], "error": error,
                 "host": row["host"]}
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        return float(text or "")
+    except ValueError:
+        return None
 
 
 def _whole(text: str) -> int | None:

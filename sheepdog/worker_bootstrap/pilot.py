@@ -161,8 +161,10 @@ class Pilot:
                 status, cause, fields = self._call(index, args_payload)
             finally:
                 self.capture.stop()
-            fields["stdout"] = self.capture.stdout
-            fields["stderr"] = self.capture.stderr
+            if self.capture.stdout:  # empty ones are left out: a million of them add up
+                fields["stdout"] = self.capture.stdout
+            if self.capture.stderr:
+                fields["stderr"] = self.capture.stderr
         fields.update(host=self.host, pid=str(self.pid), job=self.job_ref,
                       started=f"{started:.6f}", finished=f"{time.time():.6f}")
         return status, cause, fields

@@ -194,8 +194,10 @@ class Attempt:
         finally:
             capture.stop()
             capture.close()
-        fields["stdout"] = capture.stdout
-        fields["stderr"] = capture.stderr
+        if capture.stdout:  # empty ones are left out: a million of them add up
+            fields["stdout"] = capture.stdout
+        if capture.stderr:
+            fields["stderr"] = capture.stderr
         return status, cause, fields
 
     def _call(self, claim: ClaimReply) -> tuple[str, str, Fields]:
