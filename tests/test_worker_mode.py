@@ -230,3 +230,17 @@ def test_a_bad_argument_late_in_a_generator_leaves_nothing(
     with Store(dbfile) as found:  # two batches were stored and pushed, then undone
         assert found.requests() == []
     assert not list(Path(dbfile).parent.glob("**/job.json"))
+
+
+def test_pilots_and_their_runner_exit_cleanly_once_the_queue_is_empty(dbfile: str) -> None:
+    """On a broker with per-request users (the embedded one): the last claim, which finds
+    the queue empty, is allowed to that user, and nothing waits for a broker patience."""
+    rid = sheepdog.map_async(abs, [-1, -2, -3], {"dbfile": dbfile, "workers": 2})
+    assert sheepdog.get_results(rid, dbfile, timeout=60) == [(-1, 1), (-2, 2), (-3, 3)]
+    row = Store(dbfile).request(rid)
+    runner = int(row.job_ids.split(":")[1])
+    wait_for(lambda: not Path(f"/proc/{runner}").exists()
+             or Path(f"/proc/{runner}/stat").read_text().split()[2] == "Z",
+             timeout=10, what="the runner to exit")
+    log = next(Path(os.environ["SHEEPDOG_HOME"]).glob(f"jobs/*-{row.broker_request}/runner.log"))
+    assert log.read_text() == ""  # no worker failed, nothing was retried

@@ -43,7 +43,7 @@ Reply = Any
 WORKER_COMMANDS = (
     "ping", "select", "eval", "evalsha", "time", "get", "hget", "hmget", "hgetall", "hkeys", "hset",
     "hdel", "hexists", "hincrby", "hlen", "del", "unlink", "xadd", "zadd", "zrem", "zscore",
-    "zrangebyscore", "lpop", "lpush",
+    "zrangebyscore", "lpop", "lpush", "llen",
 )
 
 

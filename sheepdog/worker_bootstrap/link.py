@@ -40,6 +40,16 @@ class BrokerUnavailable(BrokerError):
     """The broker did not answer within the worker's patience."""
 
 
+class LoginRefused(BrokerError):
+    """The broker refused the request's user (``WRONGPASS``/``NOAUTH``): it was deleted
+    because the request is over, or a restarted broker forgot it until the waiting
+    side makes it again."""
+
+
+def _login_refused(exc: BaseException) -> bool:
+    return isinstance(exc, resp.RespError) and str(exc).startswith(("WRONGPASS", "NOAUTH"))
+
+
 def log(message: str) -> None:
     print(f"sheepdog worker: {message}", file=sys.stderr, flush=True)
 
@@ -52,8 +62,11 @@ class BrokerLink:
         self._lock = _thread.allocate_lock()  # what threading.Lock() is
 
     def call(self, what: str, op: Callable[[TaskChannel], T],
-             patience: float | None = None) -> T:
-        """``op`` over a connected channel, retried while the broker is unavailable."""
+             patience: float | None = None, *, refused_ends: bool = False) -> T:
+        """``op`` over a connected channel, retried while the broker is unavailable.
+
+        ``refused_ends``: a refused login raises LoginRefused at once, for a caller
+        that holds nothing a wait could save (a worker between two batches)."""
         patience = self.patience if patience is None else patience
         deadline = time.monotonic() + patience
         delay = 0.2
@@ -69,6 +82,8 @@ class BrokerLink:
                 return result
             except (OSError, resp.RespError) as exc:
                 self._drop()
+                if refused_ends and _login_refused(exc):
+                    raise LoginRefused(f"{what}: the broker refused the login ({exc})") from exc
                 if not resp.transient(exc):
                     raise BrokerError(f"{what}: the broker refused: {exc}") from exc
                 if time.monotonic() + delay > deadline:

@@ -25,7 +25,7 @@ from sheepdog.broker.urls import redact
 from sheepdog.errors import BrokerError, SheepdogError
 from sheepdog.worker_bootstrap.capture import Capture
 from sheepdog.worker_bootstrap.environment import JobFile
-from sheepdog.worker_bootstrap.link import BrokerLink, Keeper, log
+from sheepdog.worker_bootstrap.link import BrokerLink, Keeper, LoginRefused, log
 from sheepdog.worker_bootstrap.run import (
     EXIT_BAD_ENVIRONMENT,
     EXIT_NOT_RECORDED,
@@ -94,6 +94,10 @@ class Pilot:
             return EXIT_BAD_ENVIRONMENT
         if batch.kind == "cancelled":
             log(f"request {self.job.request_id} was cancelled; stopping")
+        if batch.kind == "refused":
+            log("the broker no longer lets this request's user in (the request is over, or"
+                " a restarted broker forgot the user); stopping - tasks left, if any, are"
+                " started again by the waiting side")
         return EXIT_NOT_RECORDED if self.unrecorded else EXIT_OK
 
     def claim(self, size: int) -> Batch:
@@ -106,7 +110,10 @@ class Pilot:
                 count=size, with_function=self.function is None and not self.failure,
             )
 
-        batch = self.link.call("taking tasks", op)
+        try:  # nothing is held between batches: a refused login need not be waited out
+            batch = self.link.call("taking tasks", op, refused_ends=True)
+        except LoginRefused:
+            return Batch("refused")
         if batch.kind == "run":
             with self.lock:
                 self.held = [index for index, _, _ in batch.tasks]

@@ -46,7 +46,7 @@ from sheepdog.errors import BrokerError
 from sheepdog.submitter.schedulers.local import job_id_for
 from sheepdog.worker_bootstrap.capture import tail
 from sheepdog.worker_bootstrap.environment import JOB_ID_VARS, TASK_INDEX_VARS, JobFile
-from sheepdog.worker_bootstrap.link import BrokerLink
+from sheepdog.worker_bootstrap.link import BrokerLink, LoginRefused
 
 #: Seconds between the runner's looks at its workers' claims (and at retries).
 CHECK_INTERVAL = 1.0
@@ -113,14 +113,20 @@ class LocalRunner:
         """A pilot died: record every task it held as lost; how many."""
         rid = self.job.request_id
         said = tail(run.output)
-        claims = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
-            "HGETALL", keys.claims(rid)))
+        why = f"worker process {run.proc.pid} {exit_reason(run.proc.returncode)}"
+        try:
+            claims = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
+                "HGETALL", keys.claims(rid)), refused_ends=True)
+        except LoginRefused:  # the request is over (or the broker forgot its user, and
+            # the leases of what it held run out): nothing left to record here
+            print(f"{why}; the broker refused the request's user; its last words:\n{said}",
+                  file=sys.stderr, flush=True)
+            return 0
         held = []
         for i in range(0, len(claims), 2):
             claim = Claim.parse(claims[i + 1].decode())
             if claim.holder != "-" and claim.pid == str(run.proc.pid) and claim.host == self.host:
                 held.append((int(claims[i]), claim))
-        why = f"worker process {run.proc.pid} {exit_reason(run.proc.returncode)}"
         if not held:
             print(f"{why} holding no task; its last words:\n{said}", file=sys.stderr, flush=True)
         for index, claim in held:
@@ -179,9 +185,10 @@ class LocalRunner:
         )
         self._lost(run.index, run.proc.pid, reason, said)
 
-    def _claim(self, index: int) -> Claim | None:
+    def _claim(self, index: int, patience: float | None = None) -> Claim | None:
         rid = self.job.request_id
-        return self.link.call("reading a claim", lambda ch: ch.claim_of(rid, index))
+        return self.link.call("reading a claim", lambda ch: ch.claim_of(rid, index),
+                              patience=patience)
 
     def _listed_tasks(self) -> Iterator[int]:
         """The tasks of TASKS_FILE that have no outcome yet."""
@@ -265,7 +272,10 @@ class LocalRunner:
         retry needs.
         """
         for run in list(running.values()):
-            claim = self._claim(run.index)
+            try:  # a look now and then: not worth waiting for (the request may be over)
+                claim = self._claim(run.index, patience=0)
+            except BrokerError:
+                return
             if claim is not None and claim.holder != "-" and claim.pid == str(run.proc.pid):
                 run.attempt = claim.attempt  # it holds its task
             elif run.attempt:  # it held it once, and no longer does
@@ -277,8 +287,11 @@ class LocalRunner:
         """Kill pilots that hold a task whose attempt was declared lost (they hung past
         its lease): its retry needs their slot. A replacement takes the slot."""
         rid = self.job.request_id
-        flat = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
-            "HGETALL", keys.claims(rid)))
+        try:  # a look now and then: not worth waiting for (the request may be over)
+            flat = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
+                "HGETALL", keys.claims(rid)), patience=0)
+        except BrokerError:
+            return
         claims = {int(flat[i]): Claim.parse(flat[i + 1].decode()) for i in range(0, len(flat), 2)}
         for pid in list(running):
             seen = self._seen.get(pid, {})
