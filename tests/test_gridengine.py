@@ -52,7 +52,8 @@ def test_a_200_task_array_in_order(config: dict[str, object]) -> None:
     print(f"200-task array on the test cluster: {time.monotonic() - started:.1f} s")
 
 
-def test_worker_mode_runs_the_array_as_eight_pilots(config: dict[str, object]) -> None:
+def test_worker_mode_runs_the_array_as_eight_pilots(config: dict[str, object],
+                                                   testbed: dict[str, str]) -> None:
     args = [(i, 1000) for i in range(500)]
     started = time.monotonic()
     values = sheepdog.map(add, args, dict(config, workers=8), raise_errors=True)
@@ -65,6 +66,18 @@ def test_worker_mode_runs_the_array_as_eight_pilots(config: dict[str, object]) -
         refs = {r[0] for r in db.execute("SELECT job FROM results WHERE request_id = ?", (rid,))}
     assert "," not in job_ids  # one array job
     assert refs <= {f"{job_ids}.{k}" for k in range(1, 9)}  # of eight tasks
+    # Workers still queued when the work was done are deleted, not left to start late.
+    assert qstat_loses(testbed, job_ids)
+
+
+def qstat_loses(testbed: dict[str, str], job_id: str) -> bool:
+    """Whether ``job_id`` leaves qstat within 30 s."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if job_id not in _ssh(testbed, "qstat").stdout.split():
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_workers_run_from_the_zipapp_on_a_bare_python(config: dict[str, object]) -> None:

@@ -158,6 +158,8 @@ def finalise(request: OpenRequest) -> str:
         if request.row.n_tasks:
             with contextlib.suppress(SheepdogError, OSError):
                 session = request.session
+                if session.settings.pilots:  # workers still queued would find no job file
+                    session.scheduler().cancel(job_id_list(request.row.job_ids))
                 session.scheduler().forget(session.settings, job_name(request.row))
     return status
 
