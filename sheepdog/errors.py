@@ -23,6 +23,8 @@ dataclasses, which costs a worker more than its whole start is allowed).
 
 from __future__ import annotations
 
+from sheepdog.record import Record
+
 
 class SheepdogError(Exception):
     """Root of every error sheepdog raises on purpose."""
@@ -82,46 +84,21 @@ class RequestFailed(SheepdogError):
     """The request can no longer finish: cancelled, or its runner is gone."""
 
 
-class TaskFailure:
+class TaskFailure(Record):
     """One failed task: its 1-based index, its arguments, the remote error and its attempt.
 
     Immutable, compared and hashed by its fields (as a frozen dataclass would be).
     """
 
-    __slots__ = ("args", "attempt", "error", "index")
+    _fields = ("index", "args", "error", "attempt")
+    __slots__ = _fields
     index: int
     args: object
     error: str
     attempt: int
 
     def __init__(self, index: int, args: object, error: str, attempt: int = 1) -> None:
-        for name, value in (("index", index), ("args", args), ("error", error),
-                            ("attempt", attempt)):
-            object.__setattr__(self, name, value)
-
-    def _fields(self) -> tuple[int, object, str, int]:
-        return (self.index, self.args, self.error, self.attempt)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: a TaskFailure is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: a TaskFailure is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, TaskFailure) or other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return (f"TaskFailure(index={self.index!r}, args={self.args!r}, error={self.error!r},"
-                f" attempt={self.attempt!r})")
-
-    def __reduce__(self) -> tuple[type[TaskFailure], tuple[int, object, str, int]]:
-        return (TaskFailure, self._fields())
+        self._set(index, args, error, attempt)
 
 
 class TaskErrors(SheepdogError):

@@ -10,6 +10,7 @@ replies both return alike. The same contract tests run it over both.
 from __future__ import annotations
 
 from sheepdog.broker import codec, keys, resp, scripts
+from sheepdog.record import Record
 
 try:  # Python's own SHA-1: hashlib loads OpenSSL, which costs a worker's start 2 ms
     from _sha1 import sha1  # type: ignore[import-not-found, unused-ignore]
@@ -29,46 +30,7 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class _Record:
-    """Immutable fields named by ``_fields`` (in order; also the ``__slots__``),
-    compared, hashed and shown by value, and picklable: what ``dataclass(frozen=True)``
-    would make, without importing dataclasses."""
-
-    _fields: tuple[str, ...] = ()
-    __slots__ = ()
-
-    def _set(self, *values: object) -> None:
-        for name, value in zip(self._fields, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: a {type(self).__name__} is"
-                             " immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: a {type(self).__name__} is"
-                             " immutable")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__ or not isinstance(other, _Record):
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
-        return f"{type(self).__name__}({shown})"
-
-    def __reduce__(self) -> tuple[type[_Record], tuple[Any, ...]]:
-        return (type(self), self._values())
-
-
-class ClaimReply(_Record):
+class ClaimReply(Record):
     """What CLAIM said: ``kind`` is run, gone, cancelled, outside, done or busy."""
 
     _fields = ("kind", "attempt", "func", "args", "python", "detail")
@@ -85,7 +47,7 @@ class ClaimReply(_Record):
         self._set(kind, attempt, func, args, python, detail)
 
 
-class Batch(_Record):
+class Batch(Record):
     """What CLAIM_NEXT said: ``kind`` is run, again (nothing taken, more to look at),
     empty, gone or cancelled; ``tasks`` are (index, attempt, args payload)."""
 
@@ -101,7 +63,7 @@ class Batch(_Record):
         self._set(kind, python, func, [] if tasks is None else tasks)
 
 
-class Claim(_Record):
+class Claim(Record):
     """A ``claims`` hash value, split (see ``keys.CLAIM_FIELDS``)."""
 
     _fields = ("attempt", "first", "level", "holder", "started", "host", "pid", "job")

@@ -135,15 +135,8 @@ CREATE TABLE IF NOT EXISTS incidents (
 );
 """
 
-#: A final outcome: kept unless it belongs to an attempt before the task's
-#: latest submission, and only over an outcome of an earlier attempt.
-_UPSERT_RESULT = """
-INSERT INTO results (request_id, idx, attempt, status, cause, value, error, mac, host, pid,
-                     job, started, finished, stdout, stderr, broker_id, stream_key)
-SELECT :request_id, :idx, :attempt, :status, :cause, :value, :error, :mac, :host, :pid,
-       :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key
-WHERE :attempt >= coalesce(
-    (SELECT first FROM tasks WHERE request_id = :request_id AND idx = :idx), 1)
+#: A final outcome replaces only an outcome of an earlier attempt.
+_KEEP_LATEST = """
 ON CONFLICT (request_id, idx) DO UPDATE SET
     attempt = excluded.attempt, status = excluded.status, cause = excluded.cause,
     value = excluded.value, error = excluded.error, mac = excluded.mac,
@@ -153,20 +146,25 @@ ON CONFLICT (request_id, idx) DO UPDATE SET
 WHERE excluded.attempt > results.attempt
 """
 
-#: ``_UPSERT_RESULT`` for a request none of whose tasks was resubmitted.
+#: A final outcome: kept unless it belongs to an attempt before the task's
+#: latest submission, and only over an outcome of an earlier attempt.
+_UPSERT_RESULT = """
+INSERT INTO results (request_id, idx, attempt, status, cause, value, error, mac, host, pid,
+                     job, started, finished, stdout, stderr, broker_id, stream_key)
+SELECT :request_id, :idx, :attempt, :status, :cause, :value, :error, :mac, :host, :pid,
+       :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key
+WHERE :attempt >= coalesce(
+    (SELECT first FROM tasks WHERE request_id = :request_id AND idx = :idx), 1)
+""" + _KEEP_LATEST
+
+#: ``_UPSERT_RESULT`` for a request none of whose tasks was resubmitted: no look
+#: at ``tasks.first`` per row.
 _UPSERT_RESULT_PLAIN = """
 INSERT INTO results (request_id, idx, attempt, status, cause, value, error, mac, host, pid,
                      job, started, finished, stdout, stderr, broker_id, stream_key)
 VALUES (:request_id, :idx, :attempt, :status, :cause, :value, :error, :mac, :host, :pid,
         :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key)
-ON CONFLICT (request_id, idx) DO UPDATE SET
-    attempt = excluded.attempt, status = excluded.status, cause = excluded.cause,
-    value = excluded.value, error = excluded.error, mac = excluded.mac,
-    host = excluded.host, pid = excluded.pid, job = excluded.job,
-    started = excluded.started, finished = excluded.finished, stdout = excluded.stdout,
-    stderr = excluded.stderr, broker_id = excluded.broker_id, stream_key = excluded.stream_key
-WHERE excluded.attempt > results.attempt
-"""
+""" + _KEEP_LATEST
 
 _INSERT_ATTEMPT = """
 INSERT OR IGNORE INTO attempts (request_id, idx, attempt, status, cause, error, host, pid,

@@ -27,6 +27,7 @@ from sheepdog.submitter.remote import Remote
 WORKER_MODULES = (
     "__init__.py",
     "errors.py",
+    "record.py",
     "broker/__init__.py",
     "broker/codec.py",
     "broker/keys.py",

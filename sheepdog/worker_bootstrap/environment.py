@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from sheepdog.record import Record
+
 # Not typing, dataclasses, pathlib or json (whose decoder imports re): each would cost
 # a worker's start more than it can spare.
 TYPE_CHECKING = False
@@ -34,7 +36,7 @@ class BadEnvironment(Exception):
     """The worker was started without what it needs; the message says what."""
 
 
-class JobFile:
+class JobFile(Record):
     """Everything an array task needs besides its index. Written mode 0600, as JSON.
 
     ``indices`` is None when array task ``i`` runs task ``i``; a retry job
@@ -74,35 +76,8 @@ class JobFile:
         heartbeat_interval: float = 10.0, lease_timeout: float = 60.0,
         broker_patience: float = 120.0, max_payload: int = 512 * 2**20, mode: str = "tasks",
     ) -> None:
-        values = (broker_url, request_id, token, key, scheduler, indices, level, memory_limit,
+        self._set(broker_url, request_id, token, key, scheduler, indices, level, memory_limit,
                   heartbeat_interval, lease_timeout, broker_patience, max_payload, mode)
-        for name, value in zip(self._fields, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: a JobFile is immutable;"
-                             " use replace()")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: a JobFile is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, JobFile) or other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
-        return f"JobFile({shown})"
-
-    def __reduce__(self) -> tuple[type[JobFile], tuple[Any, ...]]:
-        return (JobFile, self._values())
 
     def replace(self, **changes: Any) -> JobFile:
         """A copy with ``changes`` (field=value) made (``dataclasses.replace``)."""

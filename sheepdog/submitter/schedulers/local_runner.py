@@ -111,22 +111,18 @@ class LocalRunner:
 
     def _lost_pilot(self, run: Running) -> int:
         """A pilot died: record every task it held as lost; how many."""
-        rid = self.job.request_id
         said = tail(run.output)
         why = f"worker process {run.proc.pid} {exit_reason(run.proc.returncode)}"
         try:
-            claims = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
-                "HGETALL", keys.claims(rid)), refused_ends=True)
+            claims = self._claims(refused_ends=True)
         except LoginRefused:  # the request is over (or the broker forgot its user, and
             # the leases of what it held run out): nothing left to record here
             print(f"{why}; the broker refused the request's user; its last words:\n{said}",
                   file=sys.stderr, flush=True)
             return 0
-        held = []
-        for i in range(0, len(claims), 2):
-            claim = Claim.parse(claims[i + 1].decode())
-            if claim.holder != "-" and claim.pid == str(run.proc.pid) and claim.host == self.host:
-                held.append((int(claims[i]), claim))
+        held = [(index, claim) for index, claim in claims.items()
+                if claim.holder != "-" and claim.pid == str(run.proc.pid)
+                and claim.host == self.host]
         if not held:
             print(f"{why} holding no task; its last words:\n{said}", file=sys.stderr, flush=True)
         for index, claim in held:
@@ -184,6 +180,14 @@ class LocalRunner:
             f"worker process for task {run.index} {exit_reason(code)} without an outcome.{hint}"
         )
         self._lost(run.index, run.proc.pid, reason, said)
+
+    def _claims(self, *, patience: float | None = None, refused_ends: bool = False
+                ) -> dict[int, Claim]:
+        """Every claim of the request (tasks running or waiting for a retry)."""
+        rid = self.job.request_id
+        flat = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
+            "HGETALL", keys.claims(rid)), patience=patience, refused_ends=refused_ends)
+        return {int(flat[i]): Claim.parse(flat[i + 1].decode()) for i in range(0, len(flat), 2)}
 
     def _claim(self, index: int, patience: float | None = None) -> Claim | None:
         rid = self.job.request_id
@@ -286,13 +290,10 @@ class LocalRunner:
     def _stop_fenced_pilots(self, running: dict[int, Running]) -> None:
         """Kill pilots that hold a task whose attempt was declared lost (they hung past
         its lease): its retry needs their slot. A replacement takes the slot."""
-        rid = self.job.request_id
         try:  # a look now and then: not worth waiting for (the request may be over)
-            flat = self.link.call("reading claims", lambda ch: ch.conn.execute_command(
-                "HGETALL", keys.claims(rid)), patience=0)
+            claims = self._claims(patience=0)
         except BrokerError:
             return
-        claims = {int(flat[i]): Claim.parse(flat[i + 1].decode()) for i in range(0, len(flat), 2)}
         for pid in list(running):
             seen = self._seen.get(pid, {})
             for index, attempt in seen.items():
