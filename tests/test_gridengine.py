@@ -1,4 +1,7 @@
-"""Against the real test cluster: Son of Grid Engine, sshd and Redis from testbed/up.
+"""Against the real test cluster: what is Grid Engine's own (SSH, the zipapp, ge_opts, Eqw).
+
+What every cluster scheduler must do is in test_clusters.py, run against Grid
+Engine and Slurm alike.
 
 Everything goes through a real sshd with paramiko as the non-root submit user,
 and workers run on the node under a bare /usr/bin/python3 from the zipapp.
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,7 +23,7 @@ import pytest
 import redis
 
 import sheepdog
-from sheepdog.errors import RequestFailed, SSHError, SubmitError, TaskErrors
+from sheepdog.errors import RequestFailed, SSHError, SubmitError
 from sheepdog.submitter.store import Store
 
 from .conftest import testbed_ssh as _ssh
@@ -31,59 +33,9 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def test_seed_examples_on_grid_engine(config: dict[str, object]) -> None:
-    assert sheepdog.map(add, [(1, 1), (1, 2), (2, 2)], config) == [2, 3, 4]
-    constant = 12
-
-    def g(x: int) -> int:
-        return x * 2
-
-    def f(a: int, b: int) -> int:
-        return a + g(b) + constant  # g and constant come from ns
-
-    ns = {"constant": constant, "g": g}
-    assert sheepdog.map(f, [(1, 2), (2, 3), (3, 4)], config, ns=ns) == [17, 20, 23]
-
-
-def test_a_200_task_array_in_order(config: dict[str, object]) -> None:
-    args = [(i, 1000) for i in range(200)]
-    started = time.monotonic()
-    assert sheepdog.map(add, args, config, raise_errors=True) == [i + 1000 for i in range(200)]
-    print(f"200-task array on the test cluster: {time.monotonic() - started:.1f} s")
-
-
-def test_worker_mode_runs_the_array_as_eight_pilots(config: dict[str, object],
-                                                   testbed: dict[str, str]) -> None:
-    args = [(i, 1000) for i in range(500)]
-    started = time.monotonic()
-    values = sheepdog.map(add, args, dict(config, workers=8), raise_errors=True)
-    assert values == [i + 1000 for i in range(500)]
-    print(f"500 tasks on 8 pilots on the test cluster: {time.monotonic() - started:.1f} s")
-    dbfile = str(config["dbfile"])
-    with sqlite3.connect(dbfile) as db:
-        rid, job_ids = db.execute(
-            "SELECT request_id, job_ids FROM requests ORDER BY request_id DESC").fetchone()
-        refs = {r[0] for r in db.execute("SELECT job FROM results WHERE request_id = ?", (rid,))}
-    assert "," not in job_ids  # one array job
-    assert refs <= {f"{job_ids}.{k}" for k in range(1, 9)}  # of eight tasks
-    # Workers still queued when the work was done are deleted, not left to start late.
-    assert qstat_loses(testbed, job_ids)
-
-
-def qstat_loses(testbed: dict[str, str], job_id: str) -> bool:
-    """Whether ``job_id`` leaves qstat within 30 s."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if job_id not in _ssh(testbed, "qstat").stdout.split():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def test_workers_run_from_the_zipapp_on_a_bare_python(config: dict[str, object]) -> None:
     def where() -> tuple[str, str, str, str]:
         import os
-        import sys
 
         import msgpack
 
@@ -122,48 +74,8 @@ def test_ge_opts_reach_the_job(config: dict[str, object]) -> None:
     assert sheepdog.map(env, ["SHEEPDOG_TEST_VAR"], config) == ["passed"]
 
 
-def test_task_exception_comes_back_with_its_traceback(config: dict[str, object]) -> None:
-    def fail(x: int) -> int:
-        raise ValueError(f"bad value {x}")
-
-    with pytest.raises(TaskErrors) as caught:
-        sheepdog.map(fail, [7], config, raise_errors=True)
-    error = caught.value.failures[0].error
-    assert error.startswith("Traceback") and "in fail" in error
-    assert error.rstrip().endswith("ValueError: bad value 7")
-
-
-def test_mem_grab_overrun_is_a_memory_error(config: dict[str, object]) -> None:
-    def hog(megabytes: int) -> int:
-        return len(bytearray(megabytes * 2**20))
-
-    config = dict(config, ge_opts=["-l mem_grab=300M"])
-    with pytest.raises(TaskErrors) as caught:
-        sheepdog.map(hog, [2048, 4], config, raise_errors=True)
-    [failure] = caught.value.failures
-    assert failure.index == 1
-    assert failure.error.startswith("MemoryError: the task needed more memory than its limit"
-                                    " of 300 MiB")
-
-
 def _request_keys(broker: redis.Redis) -> list[bytes]:
     return list(broker.scan_iter("sheepdog:{req:*"))
-
-
-def test_bad_ge_opts_quote_qsub_and_leave_nothing(
-    config: dict[str, object], broker: redis.Redis, testbed: dict[str, str]
-) -> None:
-    before = _request_keys(broker)
-    job_files = "ls ~/.sheepdog/jobs/*/job*.json 2>/dev/null"
-    files_before = _ssh(testbed, job_files).stdout
-    config = dict(config, ge_opts=["-l foo=1"])
-    qsub_said = r'qsub .* exited with status 1: .*unknown resource "foo"'
-    with pytest.raises(SubmitError, match=qsub_said):
-        sheepdog.map(add, [(1, 2)], config)
-    assert _request_keys(broker) == before
-    with Store(str(config["dbfile"])) as store:
-        assert store.requests() == []
-    assert _ssh(testbed, job_files).stdout == files_before, "a job file with the password was left"
 
 
 def test_wrong_shell_is_refused_before_submitting(config: dict[str, object],
@@ -243,42 +155,6 @@ def test_qdel_mid_run_stops_map_promptly(config: dict[str, object],
     assert isinstance(error, RequestFailed)
     assert "was cancelled (the gridengine job" in str(error) and "qdel" in str(error)
     assert "exit_status 137" in str(error)  # qacct's record of a killed task
-
-
-def test_cancel_deletes_the_grid_engine_job(config: dict[str, object],
-                                            testbed: dict[str, str]) -> None:
-    def slow(x: int) -> int:
-        import time
-
-        time.sleep(120)
-        return x
-
-    dbfile = str(config["dbfile"])
-    request_id = sheepdog.map_async(slow, range(3), config)
-    job_id = _job_id(dbfile, request_id)
-    assert sheepdog.cancel(request_id, dbfile) == 3
-    deadline = time.monotonic() + 30
-    while _ssh(testbed, f"qstat -j {job_id}").returncode == 0:
-        assert time.monotonic() < deadline, "qdel did not remove the job"
-        time.sleep(0.5)
-    with pytest.raises(RequestFailed, match="cancelled by the user"):
-        sheepdog.get_results(request_id, dbfile, timeout=30)
-
-
-def test_collect_later_from_a_fresh_process(config: dict[str, object], tmp_path: Path,
-                                            ssh_home: Path) -> None:
-    dbfile = str(config["dbfile"])
-    request_id = sheepdog.map_async(add, [(i, i) for i in range(5)], config)
-    proc = subprocess.run(
-        [sys.executable, "-m", "sheepdog.cli", "collect", str(request_id), "--dbfile", dbfile],
-        capture_output=True, text=True, timeout=120, check=False,
-        env=dict(os.environ, HOME=str(ssh_home)),
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "5 of 5 tasks have an outcome (5 ok, 0 failed)" in proc.stdout
-    assert sheepdog.get_results(request_id, dbfile, block=False) == [
-        ((i, i), 2 * i) for i in range(5)
-    ]
 
 
 def test_arrays_larger_than_max_aj_tasks_become_several_jobs(
@@ -445,54 +321,6 @@ def test_worker_uploaded_once_per_version_and_job_files_private(
     assert _ssh(testbed, f"stat -c %a {job_file}").stdout.strip() == "600"
     assert sheepdog.get_results(request_id, dbfile) == [(1, 1)]
     assert _ssh(testbed, f"test -e {job_file}").returncode == 1  # gone with the request
-
-
-def test_a_task_that_dies_on_the_node_is_lost_and_the_rest_return(
-    config: dict[str, object],
-) -> None:
-    def die_on_two(x: int) -> int:
-        import os
-        import signal
-
-        if x == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return x
-
-    out = sheepdog.map(die_on_two, [1, 2, 3], config, verbose=False)
-    assert out == [1, None, 3]
-    [failure] = sheepdog.get_errors(_last_request(config), str(config["dbfile"]))
-    args, error = failure
-    assert args == 2 and failure.attempt == 2  # type: ignore[attr-defined]  # retried once
-    assert "ended while this task ran on" in error
-    assert "qacct: exit_status 137" in error  # Grid Engine's record of the kill
-    assert "earlier attempt 1: lost on" in error
-
-
-def _last_request(config: dict[str, object]) -> int:
-    with Store(str(config["dbfile"])) as store:
-        return store.requests()[-1].request_id
-
-
-def test_a_task_over_its_memory_limit_is_retried_with_more(config: dict[str, object],
-                                                           testbed: dict[str, str]) -> None:
-    def hog(megabytes: int) -> int:
-        return len(bytearray(megabytes * 2**20))
-
-    config = dict(config, ge_opts=["-l mem_grab=300M"], retry_memory_factor=2.0)
-    assert sheepdog.map(hog, [400, 4], config, raise_errors=True) == [400 * 2**20, 4 * 2**20]
-    rid = _last_request(config)
-    with Store(str(config["dbfile"])) as store:
-        [earlier] = store.history(rid)[1]
-        job_ids = store.request(rid).job_ids.split(",")
-    assert earlier["error"].startswith("MemoryError: the task needed more memory than its"
-                                       " limit of 300 MiB")
-    assert earlier["cause"] == "memory" and len(job_ids) == 2  # the first job, and a retry
-    with Store(str(config["dbfile"])) as store:
-        retried = store.outcome_detail(rid, 1)
-    assert retried is not None and retried["attempt"] == 2 and retried["job"].startswith(
-        f"{job_ids[1]}.")
-    retry_script = _ssh(testbed, "cat ~/.sheepdog/jobs/*-" + str(rid) + "/job-retry-*-1.py")
-    assert "#$ -l mem_grab=600M" in retry_script.stdout  # Grid Engine is asked for more, too
 
 
 def test_an_ssh_connection_that_drops_is_made_again(config: dict[str, object]) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from sheepdog.errors import ConfigError, SubmitError
+from sheepdog.submitter.schedulers.batch import chunks
 from sheepdog.submitter.schedulers.gridengine import (
     JobScript,
     check_ge_opts,
-    chunks,
     memory_limit,
     parse_job_id,
     parse_memory,

@@ -211,7 +211,7 @@ def test_seed_default_ge_opts_none_is_no_options() -> None:
 
 
 def test_max_aj_tasks_0_means_no_limit() -> None:
-    from sheepdog.submitter.schedulers.gridengine import chunks
+    from sheepdog.submitter.schedulers.batch import chunks
 
     assert chunks(5, 0) == [(1, 5)]
     assert chunks(5, 2) == [(1, 2), (3, 4), (5, 5)]

@@ -15,11 +15,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sheepdog.broker.urls import check_url
+from sheepdog.broker.urls import check_url, redact
 from sheepdog.errors import BrokerError, ConfigError
 
-SCHEDULERS = ("local", "gridengine")
+SCHEDULERS = ("local", "gridengine", "slurm", "rq")
+#: Schedulers whose jobs run on other machines: they need a broker_url those reach.
+CLUSTER_SCHEDULERS = ("gridengine", "slurm", "rq")
+#: Keys that hold a list of scheduler options.
+OPTION_KEYS = ("ge_opts", "slurm_opts")
 TUNNEL_MODES = ("auto", "always", "never")
+
+#: How messages name each scheduler.
+SCHEDULER_TITLES = {"local": "local", "gridengine": "Grid Engine", "slurm": "Slurm", "rq": "rq"}
 
 #: Keys of the original Sheepdog that no longer mean anything, with why.
 RETIRED_KEYS = {
@@ -66,6 +73,24 @@ class Settings:
         default=(),
         metadata=_doc("Grid Engine options, one string per option, e.g. '-l h_rt=1:0:0'"),
     )
+    slurm_opts: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("Slurm sbatch options, one string per option, e.g. '--time=1:00:00',"
+                      " '--mem=2G', '--partition=short'"),
+    )
+    max_running: int | None = field(
+        default=None,
+        metadata=_doc("at most this many array tasks of a job run at once (Slurm's --array"
+                      " %N, Grid Engine's -tc); default: as many as the scheduler gives"),
+    )
+    rq_queue: str = field(
+        default="sheepdog", metadata=_doc("rq: the rq queue the tasks are enqueued on")
+    )
+    rq_url: str | None = field(
+        default=None,
+        metadata=_doc("rq: redis:// URL of the Redis the rq workers listen on; default:"
+                      " broker_url"),
+    )
     broker_url: str | None = field(
         default=None,
         metadata=_doc("redis://, rediss:// or unix:// URL of the broker; none starts a private"
@@ -73,7 +98,8 @@ class Settings:
     )
     scheduler: str | None = field(
         default=None,
-        metadata=_doc("local or gridengine; default: local without host, gridengine with host"),
+        metadata=_doc("local, gridengine, slurm or rq; default: local without host; with host,"
+                      " gridengine or slurm, whichever the head node has (gridengine if both)"),
     )
     local_workers: int | None = field(
         default=None,
@@ -141,20 +167,23 @@ class Settings:
         ``need_broker_url`` is False for settings read back from a dbfile,
         which keeps no broker_url (the password is in credentials.json).
         """
-        if self.broker_url is not None:
-            try:
-                check_url(self.broker_url)
-            except BrokerError as exc:
-                raise ConfigError(str(exc)) from None
+        for url in (self.broker_url, self.rq_url):
+            if url is not None:
+                try:
+                    check_url(url)
+                except BrokerError as exc:
+                    raise ConfigError(str(exc)) from None
         name = self.scheduler_name
         if name not in SCHEDULERS:
             raise ConfigError(f"scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
-        if name == "gridengine" and self.broker_url is None and need_broker_url:
+        if name in CLUSTER_SCHEDULERS and self.broker_url is None and need_broker_url:
             raise ConfigError(
-                "Grid Engine workers need a broker they can reach: set 'broker_url' to a"
-                " Redis/Valkey server on the head node or a service node, e.g."
-                " 'redis://:PASSWORD@headnode:6379/0' (see docs/cluster.md)"
+                f"{SCHEDULER_TITLES[name]} workers run on other machines and need a broker"
+                " they can reach: set 'broker_url' to a Redis/Valkey server on the head node"
+                " or a service node, e.g. 'redis://:PASSWORD@headnode:6379/0'"
+                f" (see docs/{name}.md)"
             )
+        self._check_rq()
         if self.ssh_tunnel not in TUNNEL_MODES:
             raise ConfigError(f"ssh_tunnel must be one of {', '.join(TUNNEL_MODES)}")
         if name == "local" and self.host is not None:
@@ -174,8 +203,20 @@ class Settings:
                 f" {self.retry_memory_factor!r}"
             )
 
+    def _check_rq(self) -> None:
+        if self.scheduler_name == "rq" and self.host is not None:
+            raise ConfigError(
+                f"host {self.host!r} is set but scheduler is 'rq', whose workers take jobs"
+                " from Redis, not from a head node; remove 'host'"
+            )
+        if not self.rq_queue or any(c.isspace() for c in self.rq_queue):
+            raise ConfigError(f"rq_queue must be a queue name without spaces, got"
+                              f" {self.rq_queue!r}")
+
     @property
     def scheduler_name(self) -> str:
+        """The scheduler; with only 'host' set, Grid Engine until ``Session.choose_scheduler``
+        has asked the head node (the seed's 'host' alone meant Grid Engine)."""
         if self.scheduler is not None:
             return self.scheduler
         return "local" if self.host is None else "gridengine"
@@ -202,14 +243,18 @@ class Settings:
     def from_public(cls, text: str) -> Settings:
         """Settings kept in the dbfile by ``public``; broker_url comes from credentials."""
         values = json.loads(text)
-        values["ge_opts"] = tuple(values.get("ge_opts", ()))
+        for key in OPTION_KEYS:
+            values[key] = tuple(values.get(key, ()))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def public(self) -> dict[str, Any]:
         """The settings without broker_url (which may hold a password), for the dbfile."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "broker_url"}
-        values["ge_opts"] = list(self.ge_opts)
+        for key in OPTION_KEYS:
+            values[key] = list(values[key])
+        if self.rq_url is not None:  # its password is kept in credentials.json
+            values["rq_url"] = redact(self.rq_url)
         return values
 
 
@@ -245,13 +290,13 @@ _SECONDS = ("heartbeat_interval", "lease_timeout", "broker_patience")
 
 def coerce(name: str, value: Any) -> Any:
     """``value`` as the type of key ``name``, or a ConfigError saying what was expected."""
-    if name == "ge_opts":
-        return _options(value)
+    if name in OPTION_KEYS:
+        return _options(name, value)
     if name in ("ship_worker", "retry_errors"):
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be True or False, got {value!r}")
         return value
-    if name in ("ssh_port", "local_workers", "retries", "workers"):
+    if name in ("ssh_port", "local_workers", "retries", "workers", "max_running"):
         return _whole(name, value)
     if name in _SECONDS or name == "retry_memory_factor":
         return _seconds(name, value)
@@ -260,13 +305,17 @@ def coerce(name: str, value: Any) -> Any:
     return os.fspath(value) if value is not None else None
 
 
-def _options(value: Any) -> tuple[str, ...]:
+_OPTION_EXAMPLES = {"ge_opts": "['-l h_rt=1:00:00', '-r y']",
+                    "slurm_opts": "['--time=1:00:00', '--mem=2G']"}
+
+
+def _options(name: str, value: Any) -> tuple[str, ...]:
     if value is None:  # the original Sheepdog's default
         return ()
     if isinstance(value, str) or not all(isinstance(v, str) for v in value):
         raise ConfigError(
-            "ge_opts must be a list of strings, one per option, e.g."
-            f" ['-l h_rt=1:00:00', '-r y']; got {value!r}"
+            f"{name} must be a list of strings, one per option, e.g."
+            f" {_OPTION_EXAMPLES[name]}; got {value!r}"
         )
     return tuple(value)
 

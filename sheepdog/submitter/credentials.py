@@ -5,7 +5,10 @@ can be copied and shared. What is needed to talk to the broker and to check
 payload signatures lives in ``credentials.json`` under ``paths.home()``, mode
 0600, one entry per broker id::
 
-    {"brokers": {"<broker id>": {"url": "redis://:pw@host:6379/0", "key": "<hex>"}}}
+    {"brokers": {"<broker id>": {"url": "redis://:pw@host:6379/0", "key": "<hex>"}},
+     "urls": {"redis://:***@host:6379/0": "redis://:pw@host:6379/0"}}
+
+``urls`` holds other URLs with passwords the dbfile names redacted (``rq_url``).
 
 Each request signs its payloads with its own key, derived from its token and
 the master key of the broker it was first submitted to (its *origin*), so a
@@ -78,6 +81,20 @@ def lookup(broker_id: str) -> tuple[str, bytes] | None:
         if not entry:
             return None
         return entry["url"], bytes.fromhex(entry["key"])
+
+
+def remember_url(url: str, redacted: str) -> None:
+    """Keep ``url`` (with its password) under ``redacted``, the form the dbfile keeps."""
+    if url != redacted:
+        with _locked(paths.credentials_file()) as data:
+            data.setdefault("urls", {})[redacted] = url
+
+
+def full_url(redacted: str) -> str:
+    """The URL kept under ``redacted`` on this machine; ``redacted`` itself if none."""
+    with _locked(paths.credentials_file()) as data:
+        url: str = data.get("urls", {}).get(redacted, redacted)
+        return url
 
 
 def request_key(master: bytes, token: str) -> bytes:

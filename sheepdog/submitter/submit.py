@@ -138,6 +138,8 @@ def submit(
     _check_inputs(f, ns)
     items = iter(args)
     first = list(itertools.islice(items, 1))
+    if first:
+        session.choose_scheduler()  # before anything keeps the settings
     settings = session.settings
     if first:
         session.scheduler().prepare(settings)  # bad options or interpreter: refused first

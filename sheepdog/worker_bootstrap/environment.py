@@ -22,6 +22,7 @@ TASK_INDEX_VARS: Mapping[str, str] = {
     "local": "SHEEPDOG_TASK_ID",
     "gridengine": "SGE_TASK_ID",
     "slurm": "SLURM_ARRAY_TASK_ID",
+    "rq": "SHEEPDOG_TASK_ID",  # set by rq_job.run, which rq workers call
 }
 
 #: The environment variable each scheduler sets to the job's id.
@@ -29,6 +30,7 @@ JOB_ID_VARS: Mapping[str, str] = {
     "local": "SHEEPDOG_JOB_ID",
     "gridengine": "JOB_ID",
     "slurm": "SLURM_ARRAY_JOB_ID",
+    "rq": "SHEEPDOG_JOB_ID",
 }
 
 

@@ -118,8 +118,9 @@ def _too_large(size: int, limit: int) -> str:
 def _memory_error(exc: MemoryError, limit: int) -> str:
     return (
         f"MemoryError: the task needed more memory than its limit of {limit / 2**20:.0f} MiB"
-        " (set by -l mem_grab in ge_opts; ask for more, e.g. '-l mem_grab=4G', or set"
-        " retry_memory_factor to retry it with more).\n" + _user_traceback(exc)
+        " (set by the job's memory request: -l mem_grab in ge_opts, --mem in slurm_opts; ask"
+        " for more, e.g. '-l mem_grab=4G' or '--mem=4G', or set retry_memory_factor to retry"
+        " it with more).\n" + _user_traceback(exc)
     )
 
 

@@ -9,7 +9,8 @@ arguments of qsub (``-o``, ``-e``, ``-wd``) unless ``ge_opts`` sets those.
 
 A retry runs some tasks only. qsub takes one ``-t n-m:s`` range, so a retry
 job is ``-t 1-K`` over a job file that lists the K tasks (task-list
-indirection): array task i runs ``indices[i - 1]``.
+indirection): array task i runs ``indices[i - 1]``. What is shared with Slurm
+(job files, the zipapp, splitting at ``max_aj_tasks``) is in ``batch.py``.
 
 What Grid Engine says, and what sheepdog takes from it (checked on SoGE 8.1.9):
 ``qstat -j ID`` exits 0 while the job is known; exits 1 with "Following jobs
@@ -20,20 +21,17 @@ qmaster is down: that is "cannot tell", and the request waits.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import posixpath
 import re
 import shlex
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sheepdog.errors import ConfigError, SubmitError
-from sheepdog.submitter import zipapp
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.remote import Remote, RemoteUnavailable, check, run_checked
+from sheepdog.submitter.remote import RemoteUnavailable, check, run_checked
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
+from sheepdog.submitter.schedulers.batch import BatchScheduler
 
 SUBMIT_COMMAND = "qsub"
 CANCEL_COMMAND = "qdel"
@@ -52,7 +50,6 @@ SCALED_RESOURCES = ("mem_grab", "h_vmem", "s_vmem", "h_rss", "s_rss", "mem_free"
 GONE = "do not exist"
 JOB_ID = re.compile(r"\d+")
 JOB_REF = re.compile(r"(\d+)\.(\d+)")
-_HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
 _UNITS = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2, "g": 1000**3, "G": 1024**3,
           "t": 1000**4, "T": 1024**4}
 
@@ -168,12 +165,6 @@ def scale_memory(ge_opts: tuple[str, ...], factor: float) -> tuple[str, ...]:
     return tuple(scaled)
 
 
-def chunks(n_tasks: int, size: int) -> list[tuple[int, int]]:
-    """1-based index ranges of at most ``size`` tasks covering 1..n_tasks (0: no limit)."""
-    size = size if size > 0 else n_tasks
-    return [(start, min(start + size - 1, n_tasks)) for start in range(1, n_tasks + 1, size)]
-
-
 def checked_job_ids(job_ids: list[str]) -> list[str]:
     """``job_ids`` if every one is a Grid Engine job number (they reach a shell)."""
     for job_id in job_ids:
@@ -182,88 +173,37 @@ def checked_job_ids(job_ids: list[str]) -> list[str]:
     return job_ids
 
 
-class GridEngine:
+class GridEngine(BatchScheduler):
     name = "gridengine"
-    job_end_kills_tasks = True  # qdel or the end of a job kills its tasks' process trees
-    takes_retries = False
 
-    def __init__(self, remote: Callable[[], Remote]) -> None:
-        self._remote = remote  # the session's: connected again if it broke
-        self._zipapp_path: str | None = None
+    def options(self, settings: Settings) -> tuple[str, ...]:
+        return settings.ge_opts
 
-    @property
-    def remote(self) -> Remote:
-        return self._remote()
+    def check_options(self, settings: Settings) -> None:
+        check_ge_opts(settings.ge_opts, settings.worker_python)
 
-    def _absolute(self, path: str) -> str:
-        return path if posixpath.isabs(path) else posixpath.join(self.remote.home(), path)
+    def memory_limit(self, options: tuple[str, ...]) -> int | None:
+        return memory_limit(options)
 
-    def max_array(self) -> int:
+    def scale_memory(self, options: tuple[str, ...], factor: float) -> tuple[str, ...]:
+        return scale_memory(options, factor)
+
+    def array_limit(self) -> int:
         """Grid Engine's max_aj_tasks (0: no limit), or its default if qconf cannot tell."""
         result = self.remote.run("qconf -sconf")
         match = re.search(r"^max_aj_tasks\s+(\d+)", result.stdout, re.MULTILINE)
         return int(match.group(1)) if result.exit_status == 0 and match else DEFAULT_MAX_ARRAY
 
-    def _probe(self, settings: Settings) -> None:
-        """Run the worker's Python on the head node: it exists, and its version matches."""
-        code = 'import sys; print("%d.%d" % sys.version_info[:2])'
-        if not settings.ship_worker:
-            code += "; import sheepdog.worker_bootstrap.run"
-        result = self.remote.run(f"{shlex.quote(settings.worker_python)} -c {shlex.quote(code)}")
-        needs = " with sheepdog installed" if not settings.ship_worker else ""
-        if result.exit_status != 0:
-            said = (result.stderr.strip() or result.stdout.strip())[-500:]
-            raise SubmitError(
-                f"the worker Python {settings.worker_python!r} does not run on"
-                f" {self.remote.where} (exit status {result.exit_status}: {said}). Set the"
-                f" 'shell' config key to a Python {_HERE} interpreter{needs} that the nodes have."
-            )
-        there = result.stdout.strip()
-        if there != _HERE:
-            raise SubmitError(
-                f"the worker Python {settings.worker_python!r} on {self.remote.where} is"
-                f" Python {there}, but this is Python {_HERE}; functions travel pickled by"
-                f" value and need the same minor version. Set 'shell' to a Python {_HERE}."
-            )
-
-    def prepare(self, settings: Settings) -> None:
-        check_ge_opts(settings.ge_opts, settings.worker_python)
-        memory_limit(settings.ge_opts)  # a malformed mem_grab is refused here, not on a node
-        self._probe(settings)
-        self._zipapp(settings)
-
-    def _zipapp(self, settings: Settings) -> str | None:
-        """The worker zipapp on the head node (uploaded if missing, once per session);
-        None when the nodes have sheepdog installed."""
-        if not settings.ship_worker:
-            return None
-        if self._zipapp_path is None:
-            self._zipapp_path = zipapp.install(self.remote, self._absolute(settings.ssh_dir))
-        return self._zipapp_path
-
-    def submit(self, job: ArrayJob) -> list[str]:
+    def submit_part(self, job: ArrayJob, options: tuple[str, ...], job_dir: str,
+                    job_file: str, part: int, size: int, app: str | None) -> str:
         settings = job.settings
-        app = self._zipapp(settings)  # prepared already, unless this is a later process
-        ge_opts = scale_memory(settings.ge_opts, job.memory_factor)
-        job_dir = self._job_dir(settings, job.name)
-        job_file = posixpath.join(job_dir, f"job-{job.label}.json")
-        worker_job = job.job_file.replace(memory_limit=memory_limit(ge_opts))
-        self.remote.put(job_file, worker_job.dumps().encode(), 0o600)
-        job_ids: list[str] = []
-        try:
-            for part, (first, last) in enumerate(chunks(job.size, self.max_array()), 1):
-                script = render(JobScript(settings.worker_python, first, last,
-                                          f"sheepdog-{job.request_id}", ge_opts, job_file, app))
-                script_path = posixpath.join(job_dir, f"job-{job.label}-{part}.py")
-                self.remote.put(script_path, script.encode(), 0o600)
-                stdout = run_checked(self.remote, qsub_command(script_path, job_dir, ge_opts))
-                job_ids.append(parse_job_id(stdout))
-        except BaseException:
-            with contextlib.suppress(Exception):  # the first error is the one to report
-                self.cancel(job_ids)
-                self.remote.remove(job_file)  # it holds the broker password
-            raise
-        return job_ids
+        if settings.max_running and not any(o.split()[:1] == ["-tc"] for o in options):
+            options = (*options, f"-tc {settings.max_running}")
+        script = render(JobScript(settings.worker_python, 1, size,
+                                  f"sheepdog-{job.request_id}", options, job_file, app))
+        script_path = posixpath.join(job_dir, f"job-{job.label}-{part}.py")
+        self.remote.put(script_path, script.encode(), 0o600)
+        return parse_job_id(run_checked(self.remote, qsub_command(script_path, job_dir, options)))
 
     def cancel(self, job_ids: list[str]) -> None:
         if job_ids:
@@ -271,10 +211,11 @@ class GridEngine:
             if result.exit_status != 0 and GONE not in result.stderr + result.stdout:
                 check(self.remote, result)
 
-    def _job_dir(self, settings: Settings, name: str) -> str:
-        return posixpath.join(self._absolute(settings.ssh_dir), "jobs", name)
+    def parse_ref(self, job_ref: str) -> tuple[str, str] | None:
+        match = JOB_REF.fullmatch(job_ref)
+        return (match.group(1), match.group(2)) if match else None
 
-    def _accounting(self, job_id: str, index: str) -> str:
+    def accounting(self, job_id: str, index: str) -> str:
         """Grid Engine's record of how array task ``index`` of ``job_id`` ended, if it ran."""
         result = self.remote.run(f"qacct -j {job_id} -t {index}")
         fields = dict(
@@ -284,24 +225,6 @@ class GridEngine:
             return (f"qacct: exit_status {fields['exit_status'].strip()},"
                     f" failed {fields.get('failed', '?').strip()}")
         return ""
-
-    def last_words(self, settings: Settings, name: str, job_ref: str) -> str:
-        match = JOB_REF.fullmatch(job_ref)
-        if not match:
-            return ""
-        job_id, index = match.groups()
-        job_dir = shlex.quote(self._job_dir(settings, name))
-        stderr = self.remote.run(
-            f"tail -q -n 5 {job_dir}/*.e{job_id}.{index} 2>/dev/null"
-        ).stdout.strip()
-        accounting = self._accounting(job_id, index)
-        return "\n".join(part for part in (accounting, stderr) if part)
-
-    def forget(self, settings: Settings, name: str) -> None:
-        job_dir = self._job_dir(settings, name)
-        for file_name in self.remote.list(job_dir):
-            if file_name.startswith("job-") and file_name.endswith(".json"):
-                self.remote.remove(posixpath.join(job_dir, file_name))
 
     def state(self, job_ids: list[str]) -> JobState:
         active: set[str] = set()
