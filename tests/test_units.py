@@ -259,6 +259,36 @@ def test_job_ids_from_the_broker_never_reach_a_shell_unchecked() -> None:
     assert remote.commands == ["qdel 12 13"]
 
 
+def test_slurm_job_ids_from_the_broker_never_reach_a_shell_unchecked() -> None:
+    from sheepdog.errors import SubmitError
+    from sheepdog.submitter.schedulers.slurm import Slurm
+
+    remote = _RecordingRemote()
+    scheduler = Slurm(lambda: remote)  # type: ignore[arg-type, return-value]
+    for hostile in (["12; touch /tmp/x"], ["$(reboot)"], ["12 13"], ["12_3"]):
+        with pytest.raises(SubmitError, match="is not a Slurm job id"):
+            scheduler.cancel(hostile)
+        with pytest.raises(SubmitError, match="is not a Slurm job id"):
+            scheduler.state(hostile)
+    assert scheduler.last_words(Settings(), "name", "12.3; rm -rf ~") == ""
+    assert remote.commands == []
+    scheduler.cancel(["12", "13"])
+    assert remote.commands == ["scancel 12 13"]
+
+
+def test_rq_job_ids_are_checked_before_use() -> None:
+    from sheepdog.errors import SubmitError
+    from sheepdog.submitter.schedulers.rq_workers import RqScheduler, rq_ids
+
+    assert rq_ids("sheepdog-ab-1-main/3") == [
+        "sheepdog-ab-1-main_1", "sheepdog-ab-1-main_2", "sheepdog-ab-1-main_3"]
+    scheduler = RqScheduler(Settings(scheduler="rq", broker_url="redis://127.0.0.1:1/0"))
+    for hostile in (["rq:job:x/3"], ["sheepdog-x"], ["sheepdog-x/y"]):
+        with pytest.raises(SubmitError, match="is not a sheepdog rq job id"):
+            scheduler.state(hostile)
+    assert scheduler.last_words(Settings(), "name", "not-ours.1") == ""
+
+
 def test_a_reused_pid_is_not_taken_for_a_local_runner() -> None:
     import os
     import socket
@@ -350,3 +380,38 @@ def test_a_failed_unix_socket_connect_leaks_no_socket(tmp_path: Path) -> None:
         import gc
 
         gc.collect()  # an unclosed socket would warn here
+
+
+def test_slurm_and_rq_settings_are_checked() -> None:
+    from sheepdog.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Slurm workers run on other machines and need a"
+                       " broker .* docs/slurm.md"):
+        Settings.from_config({"scheduler": "slurm", "host": "login"})
+    with pytest.raises(ConfigError, match="rq workers run on other machines"):
+        Settings.from_config({"scheduler": "rq"})
+    with pytest.raises(ConfigError, match="scheduler is 'rq', whose workers take jobs from"
+                       " Redis"):
+        Settings.from_config({"scheduler": "rq", "host": "h", "broker_url": "redis://h/0"})
+    with pytest.raises(ConfigError, match="slurm_opts must be a list of strings, one per"
+                       " option, e.g. \\['--time=1:00:00'"):
+        Settings.from_config({"slurm_opts": "--time=1:00:00"})
+    with pytest.raises(ConfigError, match="max_running must be a positive whole number"):
+        Settings.from_config({"max_running": 0})
+    with pytest.raises(ConfigError, match="'slurm_opt' \\(did you mean 'slurm_opts'\\?\\)"):
+        Settings.from_config({"slurm_opt": []})
+    assert "slurm_opts = ()" in describe() and "rq_queue = 'sheepdog'" in describe()
+
+
+def test_the_rq_url_password_stays_out_of_the_dbfile() -> None:
+    from sheepdog.submitter import credentials
+
+    settings = Settings.from_config({"scheduler": "rq", "broker_url": "redis://h/0",
+                                     "rq_url": "redis://:s3cret@rq-host:6379/0",
+                                     "slurm_opts": ["--mem=1G"]})
+    public = settings.public()
+    assert public["rq_url"] == "redis://:***@rq-host:6379/0" and "s3cret" not in json.dumps(public)
+    credentials.remember_url(settings.rq_url or "", public["rq_url"])
+    again = Settings.from_public(json.dumps(public))
+    assert again.slurm_opts == ("--mem=1G",)
+    assert credentials.full_url(again.rq_url or "") == "redis://:s3cret@rq-host:6379/0"
