@@ -385,16 +385,16 @@ def test_a_failed_unix_socket_connect_leaks_no_socket(tmp_path: Path) -> None:
 def test_slurm_and_rq_settings_are_checked() -> None:
     from sheepdog.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="Slurm workers run on other machines and need a"
-                       " broker .* docs/slurm.md"):
+    with pytest.raises(ConfigError, match=r"Slurm workers run on other machines and need a"
+                       r" broker .* docs/slurm.md"):
         Settings.from_config({"scheduler": "slurm", "host": "login"})
     with pytest.raises(ConfigError, match="rq workers run on other machines"):
         Settings.from_config({"scheduler": "rq"})
     with pytest.raises(ConfigError, match="scheduler is 'rq', whose workers take jobs from"
                        " Redis"):
         Settings.from_config({"scheduler": "rq", "host": "h", "broker_url": "redis://h/0"})
-    with pytest.raises(ConfigError, match="slurm_opts must be a list of strings, one per"
-                       " option, e.g. \\['--time=1:00:00'"):
+    with pytest.raises(ConfigError, match=r"slurm_opts must be a list of strings, one per"
+                       r" option, e.g. \['--time=1:00:00'"):
         Settings.from_config({"slurm_opts": "--time=1:00:00"})
     with pytest.raises(ConfigError, match="max_running must be a positive whole number"):
         Settings.from_config({"max_running": 0})
@@ -415,3 +415,45 @@ def test_the_rq_url_password_stays_out_of_the_dbfile() -> None:
     again = Settings.from_public(json.dumps(public))
     assert again.slurm_opts == ("--mem=1G",)
     assert credentials.full_url(again.rq_url or "") == "redis://:s3cret@rq-host:6379/0"
+
+
+class _HeadNode:
+    """A head node whose PATH has ``commands`` (unit tests of the choice only)."""
+
+    where = "u@head"
+
+    def __init__(self, *commands: str) -> None:
+        self.commands = commands
+
+    def run(self, command: str, timeout: float = 0) -> object:
+        from sheepdog.submitter.remote import Completed
+
+        found = "".join(f"/usr/bin/{c}\n" for c in self.commands if f"-v {c}" in command)
+        return Completed(command, 0 if found else 1, found, "")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("commands", "chosen"), [
+    (("qsub",), "gridengine"), (("sbatch",), "slurm"), (("sbatch", "qsub"), "gridengine")])
+def test_with_only_host_the_head_node_decides(commands: tuple[str, ...], chosen: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from sheepdog.submitter.session import Session
+
+    session = Session(Settings.from_config({"host": "head", "broker_url": "redis://h/0"}))
+    session._remote = _HeadNode(*commands)  # type: ignore[assignment]
+    session.choose_scheduler()
+    assert session.settings.scheduler == chosen
+    assert f"head runs {chosen}: using it" in capsys.readouterr().err
+
+
+def test_a_head_node_with_neither_scheduler_is_refused() -> None:
+    from sheepdog.errors import ConfigError
+    from sheepdog.submitter.session import Session
+
+    session = Session(Settings.from_config({"host": "head", "broker_url": "redis://h/0"}))
+    session._remote = _HeadNode()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match=r"u@head has no qsub or sbatch on the PATH .* set"
+                       r" 'scheduler'"):
+        session.choose_scheduler()

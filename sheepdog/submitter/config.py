@@ -177,8 +177,9 @@ class Settings:
         if name not in SCHEDULERS:
             raise ConfigError(f"scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
         if name in CLUSTER_SCHEDULERS and self.broker_url is None and need_broker_url:
+            title = SCHEDULER_TITLES[name] if self.scheduler is not None else "Cluster"
             raise ConfigError(
-                f"{SCHEDULER_TITLES[name]} workers run on other machines and need a broker"
+                f"{title} workers run on other machines and need a broker"
                 " they can reach: set 'broker_url' to a Redis/Valkey server on the head node"
                 " or a service node, e.g. 'redis://:PASSWORD@headnode:6379/0'"
                 f" (see docs/{name}.md)"
