@@ -225,6 +225,9 @@ class Row:
 
 
 class Bench:
+    #: The ``scheduler`` config key of the sheepdog rows (None: what sheepdog picks).
+    scheduler: str | None = None
+
     def __init__(self, env: dict[str, str], root: Path, opts: argparse.Namespace) -> None:
         self.env = env
         self.root = root
@@ -257,6 +260,8 @@ class Bench:
                 "shell": self.env["SHEEPDOG_TESTBED_BARE_PYTHON"], "dbfile": str(dbfile)}
             if self.has_workers:
                 config["workers"] = workers
+            if self.scheduler:
+                config["scheduler"] = self.scheduler
             args = [(i, 1) for i in range(n)]
             started = time.monotonic()
             try:
@@ -402,6 +407,13 @@ class Bench:
             return getattr(self, "last_array_tasks", 0)
         return self.opts.workers if row.name.startswith("dask") else n
 
+    def before_run(self) -> None:
+        """Called, untimed, before every timed run."""
+
+    def wait_gone(self, job_ids: list[str]) -> float:
+        """Seconds until the scheduler lists none of ``job_ids`` (untimed)."""
+        return wait_jobs_gone(self.env, job_ids)
+
 
 def run_all(bench: Bench, rows: list[Row], sizes: list[int], repeats: int) -> list[str]:
     notes = []
@@ -422,6 +434,7 @@ def run_all(bench: Bench, rows: list[Row], sizes: list[int], repeats: int) -> li
                     continue
                 print(f"[{time.strftime('%H:%M:%S')}] n={n} round {round_ + 1}: {row.name}",
                       file=sys.stderr, flush=True)
+                bench.before_run()
                 try:
                     elapsed, jobs = row.run(n, round_)
                 except Exception as error:
@@ -431,19 +444,20 @@ def run_all(bench: Bench, rows: list[Row], sizes: list[int], repeats: int) -> li
                 row.times.setdefault(n, []).append(elapsed)
                 row.jobs.setdefault(n, []).extend(jobs)
                 row.array_tasks[n] = bench.array_tasks(row, n)
-                linger = wait_jobs_gone(bench.env, jobs)  # not timed
+                linger = bench.wait_gone(jobs)  # not timed
                 row.linger.setdefault(n, []).append(linger)
-                print(f"    {elapsed:.2f} s; jobs {','.join(jobs)} left qstat {linger:.1f} s later",
+                print(f"    {elapsed:.2f} s; jobs {','.join(jobs)} gone {linger:.1f} s later",
                       file=sys.stderr, flush=True)
     return notes
 
 
-def print_table(rows: list[Row], n: int, repeats: int, floor_name: str = "qsub python") -> None:
+def print_table(rows: list[Row], n: int, repeats: int, floor_name: str = "qsub python",
+                tasks_label: str = "GE tasks") -> None:
     floor_row = next((r for r in rows if r.name == floor_name and r.times.get(n)), None)
     floor = statistics.median(floor_row.times[n]) if floor_row else None
     print(f"\ncores: {os.cpu_count()}  tasks: {n}  repeats: {repeats}  (8 slots)")
     print(f"{'what':<20} {'median s':>9} {'min s':>8} {'max s':>8} {'per item ms':>12}"
-          f" {'GE tasks':>9} {'x floor':>8} {'linger s':>9}")
+          f" {tasks_label:>9} {'x floor':>8} {'linger s':>9}")
     for row in rows:
         times = row.times.get(n)
         if not times:

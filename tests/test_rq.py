@@ -6,6 +6,7 @@ them on its workstations; sheepdog only enqueues rq jobs and watches them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,17 +53,19 @@ class Workers:
         """kill -9 of an rq worker and its work horse (with our worker): a machine lost."""
         proc = self.procs[index]
         for pid in [*_children(proc.pid), proc.pid]:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
         proc.wait(10)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
 
     def stop(self) -> None:
-        for proc in self.procs:
+        """Every worker and its work horse (in a process group of its own), so no
+        horse finishes a job after the next test flushed the server."""
+        for index, proc in enumerate(self.procs):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+                self.kill(index)
 
 
 def _children(pid: int) -> list[int]:
@@ -120,22 +123,42 @@ def test_200_tasks_and_a_failure_with_its_traceback(config: dict[str, object],
         row = store.requests()[-1]
         ok = store.counts(row.request_id)
     assert ok == {"ok": 199, "error": 1, "lost": 0}
-    # The rq jobs (their arguments hold the request's credentials) are gone with it.
-    assert list(raw.scan_iter("rq:job:sheepdog-*")) == []
+    # The rq jobs (their arguments hold the request's credentials) go with it: those
+    # still finishing delete themselves when they do.
+    _no_rq_jobs_left(raw)
 
 
-def test_worker_mode_runs_two_rq_jobs(config: dict[str, object], workers: Workers) -> None:
+def test_worker_mode_runs_two_rq_jobs(config: dict[str, object], workers: Workers,
+                                     raw: redis.Redis) -> None:
     workers.start(2)
     values = sheepdog.map(add, [(i, 1) for i in range(300)], dict(config, workers=2))
     assert values == [i + 1 for i in range(300)]
     with Store(str(config["dbfile"])) as store:
         row = store.requests()[-1]
     assert row.job_ids.endswith("/2")  # two rq jobs ran all 300 tasks
+    # The end of a request deletes its rq jobs while their workers may still be
+    # finishing them (rq raised on that race, 1 run in 3): never an error for map.
+    for _ in range(6):
+        assert sheepdog.map(add, [(i, 1) for i in range(20)], dict(config, workers=2),
+                            raise_errors=True) == [i + 1 for i in range(20)]
+    _no_rq_jobs_left(raw)
+    assert "stopped" not in workers.logs().lower()  # the end of a request stopped no worker
 
 
 def _slow(x: int) -> int:
     time.sleep(60)
     return x
+
+
+def _no_rq_jobs_left(raw: redis.Redis, seconds: float = 10) -> None:
+    """The request's rq jobs are gone (those still finishing delete themselves)."""
+    deadline = time.monotonic() + seconds
+    while left := list(raw.scan_iter("rq:job:sheepdog-*")):
+        if time.monotonic() > deadline:
+            said = {key: (raw.hget(key, "status"), raw.hget(key, "worker_name"))
+                    for key in left}
+            raise AssertionError(f"rq jobs left: {said}")
+        time.sleep(0.2)
 
 
 def _wait_for(what: Callable[[], bool], seconds: float, why: str) -> None:

@@ -156,10 +156,10 @@ def finalise(request: OpenRequest) -> str:
             with contextlib.suppress(*BROKER_DOWN):
                 broker.delete_worker_user(meta["worker_user"])
         if request.row.n_tasks:
-            with contextlib.suppress(SheepdogError, OSError):
+            with contextlib.suppress(SheepdogError, *BROKER_DOWN):  # rq's Redis, too
                 session = request.session
                 if session.settings.pilots:  # workers still queued would find no job file
-                    session.scheduler().cancel(job_id_list(request.row.job_ids))
+                    session.scheduler().cancel_queued(job_id_list(request.row.job_ids))
                 session.scheduler().forget(session.settings, job_name(request.row))
     return status
 

@@ -73,6 +73,10 @@ class Scheduler(Protocol):
     def cancel(self, job_ids: list[str]) -> None:
         """Stop the array job's running and queued tasks."""
 
+    def cancel_queued(self, job_ids: list[str]) -> None:
+        """Remove the tasks that have not started (the workers of a finished request
+        that would start to find no work); running ones may be left to end."""
+
     def state(self, job_ids: list[str]) -> JobState:
         """Which jobs may still produce outcomes, which are over, and what blocks them."""
 

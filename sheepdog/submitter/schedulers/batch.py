@@ -89,6 +89,9 @@ class BatchScheduler:
     def cancel(self, job_ids: list[str]) -> None:
         raise NotImplementedError
 
+    def cancel_queued(self, job_ids: list[str]) -> None:
+        raise NotImplementedError
+
     def state(self, job_ids: list[str]) -> JobState:
         raise NotImplementedError
 

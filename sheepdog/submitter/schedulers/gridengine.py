@@ -211,6 +211,11 @@ class GridEngine(BatchScheduler):
             if result.exit_status != 0 and GONE not in result.stderr + result.stdout:
                 check(self.remote, result)
 
+    def cancel_queued(self, job_ids: list[str]) -> None:
+        # qdel cannot pick the pending tasks of an array in one call; the running
+        # workers of a finished request have nothing left to do.
+        self.cancel(job_ids)
+
     def parse_ref(self, job_ref: str) -> tuple[str, str] | None:
         match = JOB_REF.fullmatch(job_ref)
         return (match.group(1), match.group(2)) if match else None

@@ -123,6 +123,9 @@ class LocalScheduler:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)  # the runner and its workers
 
+    def cancel_queued(self, job_ids: list[str]) -> None:
+        self.cancel(job_ids)  # the runner starts no worker after the queue is empty anyway
+
     def last_words(self, settings: Settings, name: str, job_ref: str) -> str:
         """The end of the runner's log (a dead worker's output is recorded with its task)."""
         log = paths.job_dir(name) / "runner.log"

@@ -14,8 +14,8 @@ reference is ``<prefix>.<i>``, as on the other schedulers. What sheepdog takes
 from rq:
 
 - a job is active while any of its rq jobs is queued, deferred, scheduled or
-  started; ended when every one is finished, failed, stopped, cancelled, or
-  gone (deleted, or expired after ``RESULT_TTL``);
+  started; ended when every one is failed, stopped, cancelled, or gone (rq
+  deletes a finished one at once: ``RESULT_TTL``);
 - an rq worker that dies leaves its job "started" until rq's own cleanup: the
   task's lease runs out first, the task is lost and retried as a new rq job
   (``job_end_kills_tasks`` is False);
@@ -45,9 +45,12 @@ from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 FUNCTION = "sheepdog.worker_bootstrap.rq_job.run"
 #: rq jobs enqueued per round trip.
 ENQUEUE_BATCH = 1000
-#: Seconds rq keeps a finished or failed job (for rq's own tools); sheepdog
-#: deletes a request's rq jobs when it is over (they hold its credentials).
-RESULT_TTL = 24 * 3600
+#: rq deletes a job that finished at once (0): its arguments hold the request's
+#: credentials, and a worker still finishing it when the request is over would
+#: write it back after ``forget`` deleted it. A failed job stays a day for rq's
+#: own tools, unless the request's end deletes it first.
+RESULT_TTL = 0
+FAILURE_TTL = 24 * 3600
 #: rq job states in which it may still run.
 ACTIVE = {"queued", "deferred", "scheduled", "started", "created"}
 
@@ -123,7 +126,7 @@ class RqScheduler:
                 queue.enqueue_many([
                     rq.Queue.prepare_data(
                         FUNCTION, args=(text, i, prefix), timeout=-1, result_ttl=RESULT_TTL,
-                        failure_ttl=RESULT_TTL, job_id=rq_id(prefix, i),
+                        failure_ttl=FAILURE_TTL, job_id=rq_id(prefix, i),
                         description=f"sheepdog request {job.request_id}, array task {i}",
                     ) for i in range(first, last + 1)
                 ])
@@ -160,20 +163,33 @@ class RqScheduler:
             return JobState(unknown=f"the rq Redis at {redact(self.url)}: {exc}")
         return JobState(frozenset(active), frozenset(ended), waiting=waiting)
 
-    def cancel(self, job_ids: list[str]) -> None:
+    def cancel(self, job_ids: list[str], *, started: bool = True) -> None:
         """Delete queued rq jobs; stop started ones (rq's stop-job command)."""
         for job_id in job_ids:
             for rq_id, status in self._statuses(rq_ids(job_id)):
                 if status == "started":
-                    with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
-                        send_stop_job_command(self.connection, rq_id)  # unless it ended
+                    if started:
+                        with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
+                            send_stop_job_command(self.connection, rq_id)  # unless it ended
                 elif status in ACTIVE:
                     self._delete([rq_id])
 
+    def cancel_queued(self, job_ids: list[str]) -> None:
+        self.cancel(job_ids, started=False)  # running workers end on their own
+
     def _delete(self, ids: list[str]) -> None:
-        for job in Job.fetch_many(ids, connection=self.connection):
-            if job is not None:
+        """Delete rq jobs. rq's own delete may race with a worker finishing the same job
+        (it raises on an execution the worker just removed): the job's hash, which
+        holds the credentials, is then deleted directly; rq's registries drop ids
+        whose job is gone when they clean up."""
+        for rq_id, job in zip(ids, Job.fetch_many(ids, connection=self.connection),
+                              strict=True):
+            if job is None:
+                continue
+            try:
                 job.delete()
+            except (ValueError, InvalidJobOperation, NoSuchJobError, redis.ResponseError):
+                self.connection.delete(Job.key_for(rq_id))
 
     def last_words(self, settings: Settings, name: str, job_ref: str) -> str:
         """rq's record of the task's rq job: status, worker, and its error if it failed."""
@@ -192,8 +208,13 @@ class RqScheduler:
         return said
 
     def forget(self, settings: Settings, name: str) -> None:
-        """Delete the request's rq jobs: their arguments hold its broker credentials."""
-        pattern = f"{Job.redis_job_namespace_prefix}sheepdog-{name}-*"
-        keys = [key.decode() for key in self.connection.scan_iter(match=pattern, count=1000)]
-        prefix_len = len(Job.redis_job_namespace_prefix)
-        self._delete([key[prefix_len:] for key in keys if ":" not in key[prefix_len:]])
+        """Delete the request's rq jobs: their arguments hold its broker credentials.
+
+        Not the started ones: their rq worker writes them back when it finishes
+        (deleting one under it makes rq fail it); a finished job deletes itself
+        (``RESULT_TTL`` 0)."""
+        prefix = Job.redis_job_namespace_prefix
+        ids = [key.decode()[len(prefix):] for key in
+               self.connection.scan_iter(match=f"{prefix}sheepdog-{name}-*", count=1000)]
+        ours = [rq_id for rq_id in ids if ":" not in rq_id]
+        self._delete([rq_id for rq_id, status in self._statuses(ours) if status != "started"])

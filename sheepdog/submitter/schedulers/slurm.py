@@ -216,11 +216,16 @@ class Slurm(BatchScheduler):
                                  options, settings.max_running)
         return parse_job_id(run_checked(self.remote, command))
 
-    def cancel(self, job_ids: list[str]) -> None:
+    def cancel(self, job_ids: list[str], *, state: str = "") -> None:
         if job_ids:
-            result = self.remote.run(f"{CANCEL_COMMAND} {' '.join(checked_job_ids(job_ids))}")
+            only = f"--state={state} " if state else ""
+            result = self.remote.run(
+                f"{CANCEL_COMMAND} {only}{' '.join(checked_job_ids(job_ids))}")
             if result.exit_status != 0 and GONE not in result.stderr + result.stdout:
                 check(self.remote, result)
+
+    def cancel_queued(self, job_ids: list[str]) -> None:
+        self.cancel(job_ids, state="PENDING")  # running workers end on their own
 
     def parse_ref(self, job_ref: str) -> tuple[str, str] | None:
         match = JOB_REF.fullmatch(job_ref)
