@@ -51,7 +51,8 @@ class Cluster:
         """How the scheduler's record of a task killed by SIGKILL reads."""
         if self.name == "gridengine":
             return r"qacct: exit_status 137"
-        return r"sacct: \w+, exit code 0:9"
+        # slurmdbd may not have the record yet when the loss is recorded
+        return r"(sacct|scontrol \(not in sacct yet\)): \w+, exit code 0:9"
 
     def running(self, job_id: str) -> bool:
         """Whether some task of ``job_id`` runs, as the scheduler says."""

@@ -115,7 +115,13 @@ def test_without_accounting_the_record_comes_from_scontrol(slurm: dict[str, obje
     job_ref = f"{row.job_ids}.1"
     with Session(Settings.from_config(config)) as session:
         real = Slurm(lambda: session.remote)
-        assert real.accounting(row.job_ids, "1").startswith("sacct: FAILED, exit code 0:9")
+        deadline = time.monotonic() + 20
+        while not (said := real.accounting(row.job_ids, "1")).startswith("sacct: "):
+            # before slurmdbd has the record, the controller's word stands in for it
+            assert said.startswith("scontrol (not in sacct yet): FAILED, exit code 0:9"), said
+            assert time.monotonic() < deadline, "slurmdbd never got the task's record"
+            time.sleep(0.5)
+        assert said.startswith("sacct: FAILED, exit code 0:9"), said
         fallback = Slurm(lambda: _NoAccounting(session.remote))  # type: ignore[arg-type,return-value]
         said = fallback.accounting(*job_ref.split("."))
     assert said.startswith("scontrol (no Slurm accounting): FAILED, exit code 0:9"), said

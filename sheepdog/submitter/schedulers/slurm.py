@@ -232,20 +232,24 @@ class Slurm(BatchScheduler):
         return (match.group(1), match.group(2)) if match else None
 
     def accounting(self, job_id: str, index: str) -> str:
-        """sacct's record of task ``job_id``_``index``; scontrol's without accounting."""
+        """sacct's record of task ``job_id``_``index``; else the controller's (scontrol),
+        on a site without accounting, or before an array task's record has landed
+        in slurmdbd (0.1-5 s after the task ended, on the testbed)."""
         result = self.remote.run(
             f"sacct -n -P -X -j {job_id}_{index} -o State,ExitCode,Elapsed,NodeList")
         line = result.stdout.strip().splitlines()[:1]
         if result.exit_status == 0 and line:
             state, code, elapsed, nodes = (line[0].split("|") + ["?"] * 4)[:4]
             return f"sacct: {state}, exit code {code}, ran {elapsed} on {nodes}"
-        if NO_ACCOUNTING not in result.stderr + result.stdout:
+        disabled = NO_ACCOUNTING in result.stderr + result.stdout
+        if result.exit_status != 0 and not disabled:
             return ""
         shown = self.remote.run(f"scontrol -o show job {job_id}_{index}")
         fields = dict(word.split("=", 1) for word in shown.stdout.split() if "=" in word)
         if shown.exit_status != 0 or "JobState" not in fields:
             return ""
-        return (f"scontrol (no Slurm accounting): {fields['JobState']}, exit code"
+        source = "no Slurm accounting" if disabled else "not in sacct yet"
+        return (f"scontrol ({source}): {fields['JobState']}, exit code"
                 f" {fields.get('ExitCode', '?')}, reason {fields.get('Reason', '?')}")
 
     def state(self, job_ids: list[str]) -> JobState:
