@@ -98,6 +98,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_local import chosen_rows
+
 import sheepdog
 from sheepdog.submitter.config import Settings
 from sheepdog.submitter.store import Store
@@ -537,10 +539,7 @@ def main() -> None:
     parser.add_argument("--accounting", action="store_true",
                         help="print qacct's per-task cpu and wallclock for the rows' jobs")
     opts = parser.parse_args()
-    opts.rows = [r.strip() for r in opts.rows.split(",") if r.strip()]
-    unknown = [r for r in opts.rows if r not in ROWS]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    opts.rows = chosen_rows(parser, opts.rows, ROWS)
     sizes = [int(n) for n in opts.tasks.split(",")]
     env = testbed()
     with tempfile.TemporaryDirectory(prefix="sheepdog-bench-ge-") as tmp:

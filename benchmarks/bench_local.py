@@ -445,6 +445,15 @@ PEERS: dict[str, type[Peer]] = {
 DEFAULT_PEERS = ("sheepdog", "sheepdog-per-task", "procpool", "rq-simple", "rq", "hyperqueue")
 
 
+def chosen_rows(parser: argparse.ArgumentParser, text: str, known: tuple[str, ...]) -> list[str]:
+    """The rows named in ``--rows`` (comma-separated), or a usage error naming the known."""
+    rows = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in known]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join(known)}")
+    return rows
+
+
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -64,7 +64,7 @@ from pathlib import Path
 import redis
 import rq
 from _bench_tasks import add
-from bench_local import ValkeyServer, report_leftovers, wait_until
+from bench_local import ValkeyServer, chosen_rows, report_leftovers, wait_until
 from rq.job import Job
 
 import sheepdog
@@ -242,10 +242,7 @@ def main() -> int:
     parser.add_argument("--rows", default=",".join(ROWS),
                         help=f"comma-separated rows (default: all: {', '.join(ROWS)})")
     opts = parser.parse_args()
-    names = [r.strip() for r in opts.rows.split(",") if r.strip()]
-    unknown = [r for r in names if r not in ROWS]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    names = chosen_rows(parser, opts.rows, ROWS)
     if opts.tasks < 1 or opts.repeats < 1 or opts.workers < 1:
         parser.error("--tasks, --repeats and --workers must be at least 1")
     tmp = Path(tempfile.mkdtemp(prefix="sheepdog-bench-rq-"))

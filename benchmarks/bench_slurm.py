@@ -87,6 +87,7 @@ from bench_gridengine import (
     ssh,
     testbed,
 )
+from bench_local import chosen_rows
 
 ROWS = ("sbatch python", "sbatch /bin/true", "sheepdog tasks", "sheepdog workers",
         "sbatch --wait")
@@ -331,10 +332,7 @@ def main() -> None:
     parser.add_argument("--accounting", action="store_true",
                         help="print sacct's per-task cpu and elapsed for the rows' jobs")
     opts = parser.parse_args()
-    opts.rows = [r.strip() for r in opts.rows.split(",") if r.strip()]
-    unknown = [r for r in opts.rows if r not in ROWS]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    opts.rows = chosen_rows(parser, opts.rows, ROWS)
     sizes = [int(n) for n in opts.tasks.split(",")]
     env = testbed()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}  load at start:"

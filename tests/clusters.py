@@ -7,11 +7,22 @@ scheduler about a job behind sheepdog's back) is one attribute or method here.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
 
+import pytest
+
 from .conftest import testbed_ssh
+
+
+def need_slurm(testbed: dict[str, str]) -> None:
+    """Skip without the testbed's Slurm - except under CI, which must have it."""
+    if testbed.get("SHEEPDOG_TESTBED_SLURM") != "1":
+        if os.environ.get("CI"):
+            pytest.fail("the testbed has no Slurm: CI must bring it up (testbed/up)")
+        pytest.skip("the testbed has no Slurm")
 
 
 @dataclass

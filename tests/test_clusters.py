@@ -22,7 +22,7 @@ import sheepdog
 from sheepdog.errors import RequestFailed, SubmitError, TaskErrors
 from sheepdog.submitter.store import Store
 
-from .clusters import Cluster
+from .clusters import Cluster, need_slurm
 from .conftest import testbed_ssh as _ssh
 
 
@@ -30,10 +30,8 @@ from .conftest import testbed_ssh as _ssh
 def cluster(request: pytest.FixtureRequest, config: dict[str, object],
             testbed: dict[str, str]) -> Cluster:
     name: str = request.param
-    if name == "slurm" and testbed.get("SHEEPDOG_TESTBED_SLURM") != "1":
-        if os.environ.get("CI"):
-            pytest.fail("the testbed has no Slurm: CI must bring it up (testbed/up)")
-        pytest.skip("the testbed has no Slurm")
+    if name == "slurm":
+        need_slurm(testbed)
     return Cluster(name, dict(config, scheduler=name), testbed)
 
 
@@ -213,6 +211,19 @@ def test_collect_later_from_a_fresh_process(cluster: Cluster, ssh_home: Path) ->
     assert sheepdog.get_results(request_id, dbfile, block=False) == [
         ((i, i), 2 * i) for i in range(5)
     ]
+
+
+def test_submitting_on_the_head_node_itself(cluster: Cluster, tmp_path: Path) -> None:
+    testbed = cluster.testbed
+    config = {
+        "scheduler": cluster.name,  # no host: qsub/sbatch run here, without SSH
+        "broker_url": testbed["SHEEPDOG_TESTBED_BROKER_URL"],
+        "shell": testbed["SHEEPDOG_TESTBED_BARE_PYTHON"],
+        "ssh_dir": str(tmp_path / "jobs dir"),
+        "dbfile": str(tmp_path / "r.sqlite"),
+    }
+    os.chmod(tmp_path, 0o755)
+    assert sheepdog.map(add, [(1, 1), (1, 2), (2, 2)], config, raise_errors=True) == [2, 3, 4]
 
 
 def test_with_only_host_set_the_head_node_decides_and_grid_engine_wins(

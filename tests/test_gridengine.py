@@ -176,18 +176,6 @@ def _job_id_list(dbfile: str, request_id: int) -> list[str]:
         return store.request(request_id).job_ids.split(",")
 
 
-def test_submitting_on_the_head_node_itself(testbed: dict[str, str], tmp_path: Path) -> None:
-    config = {
-        "scheduler": "gridengine",  # no host: qsub runs here, without SSH
-        "broker_url": testbed["SHEEPDOG_TESTBED_BROKER_URL"],
-        "shell": testbed["SHEEPDOG_TESTBED_BARE_PYTHON"],
-        "ssh_dir": str(tmp_path / "jobs dir"),
-        "dbfile": str(tmp_path / "r.sqlite"),
-    }
-    os.chmod(tmp_path, 0o755)
-    assert sheepdog.map(add, [(1, 1), (1, 2), (2, 2)], config, raise_errors=True) == [2, 3, 4]
-
-
 def test_broker_reached_through_an_ssh_tunnel(config: dict[str, object]) -> None:
     from sheepdog.submitter.config import Settings
     from sheepdog.submitter.session import Session

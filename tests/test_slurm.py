@@ -1,13 +1,13 @@
 """What is Slurm's own, against the testbed's Slurm (slurmctld, slurmd, slurmdbd over sshd).
 
-The behaviour every cluster scheduler shares is tested in test_clusters.py.
+The behaviour every cluster scheduler shares (login-node submits included) is tested in
+test_clusters.py.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +19,13 @@ from sheepdog.submitter.schedulers.slurm import Slurm
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.store import Store
 
+from .clusters import need_slurm
 from .conftest import testbed_ssh as _ssh
 
 
 @pytest.fixture
 def slurm(config: dict[str, object], testbed: dict[str, str]) -> dict[str, object]:
-    if testbed.get("SHEEPDOG_TESTBED_SLURM") != "1":
-        if os.environ.get("CI"):
-            pytest.fail("the testbed has no Slurm: CI must bring it up (testbed/up)")
-        pytest.skip("the testbed has no Slurm")
+    need_slurm(testbed)
     return dict(config, scheduler="slurm")
 
 
@@ -57,7 +55,6 @@ def test_slurm_opts_reach_the_job_and_max_running_throttles_it(
     slurm: dict[str, object], testbed: dict[str, str]
 ) -> None:
     def env(name: str) -> str:
-        import os
         import time
 
         time.sleep(1)
@@ -102,7 +99,6 @@ class _NoAccounting:
 
 def test_without_accounting_the_record_comes_from_scontrol(slurm: dict[str, object]) -> None:
     def die(x: int) -> int:
-        import os
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
@@ -125,16 +121,3 @@ def test_without_accounting_the_record_comes_from_scontrol(slurm: dict[str, obje
         fallback = Slurm(lambda: _NoAccounting(session.remote))  # type: ignore[arg-type,return-value]
         said = fallback.accounting(*job_ref.split("."))
     assert said.startswith("scontrol (no Slurm accounting): FAILED, exit code 0:9"), said
-
-
-def test_submitting_on_the_login_node_itself(testbed: dict[str, str], tmp_path: Path,
-                                             slurm: dict[str, object]) -> None:
-    config = {
-        "scheduler": "slurm",  # no host: sbatch runs here, without SSH
-        "broker_url": testbed["SHEEPDOG_TESTBED_BROKER_URL"],
-        "shell": testbed["SHEEPDOG_TESTBED_BARE_PYTHON"],
-        "ssh_dir": str(tmp_path / "jobs dir"),
-        "dbfile": str(tmp_path / "r.sqlite"),
-    }
-    os.chmod(tmp_path, 0o755)
-    assert sheepdog.map(add, [(1, 1), (1, 2), (2, 2)], config, raise_errors=True) == [2, 3, 4]

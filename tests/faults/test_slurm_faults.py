@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -13,6 +12,7 @@ import pytest
 import sheepdog
 from sheepdog.submitter.store import Store
 
+from ..clusters import need_slurm
 from ..conftest import testbed_ssh as _ssh
 from .conftest import history, wait_for
 
@@ -38,10 +38,7 @@ def test_slurmctld_down_mid_request_is_waited_out(
 ) -> None:
     """slurmctld stops while 4 tasks run and is back 42 s later: squeue cannot answer,
     which is "cannot tell", never "ended". Nothing is lost, retried or cancelled."""
-    if testbed.get("SHEEPDOG_TESTBED_SLURM") != "1":
-        if os.environ.get("CI"):
-            pytest.fail("the testbed has no Slurm: CI must bring it up (testbed/up)")
-        pytest.skip("the testbed has no Slurm")
+    need_slurm(testbed)
     config = dict(config, scheduler="slurm")
     dbfile = str(config["dbfile"])
     outcome: list[object] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -26,11 +27,15 @@ from collections.abc import Callable
 from sheepdog.errors import SubmitError
 from sheepdog.submitter import zipapp
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.remote import Remote
+from sheepdog.submitter.remote import Remote, check
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 from sheepdog.worker_bootstrap.environment import JobFile
 
 _HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
+#: A job id of both schedulers: a number (ids reach a shell, so nothing else passes).
+JOB_ID = re.compile(r"\d+")
+#: A task's job reference, '<job id>.<array index>' (environment.job_reference).
+JOB_REF = re.compile(r"(\d+)\.(\d+)")
 
 
 def chunks(n_tasks: int, size: int) -> list[tuple[int, int]]:
@@ -48,9 +53,13 @@ def part_file(job_file: JobFile, size: int, first: int, last: int) -> JobFile:
 
 
 class BatchScheduler:
-    """The shared part of a head-node scheduler; subclasses fill in the hooks below."""
+    """The shared part of a head-node scheduler; subclasses fill in what follows."""
 
     name: str
+    title: str  # how messages name it
+    options_key: str  # the config key of its options: ge_opts, slurm_opts
+    cancel_command: str  # cancels whole jobs by id: qdel, scancel
+    gone: str  # what its commands say of a job that is over
     job_end_kills_tasks = True  # ending a job kills its tasks' process trees
     takes_retries = False
 
@@ -61,19 +70,17 @@ class BatchScheduler:
 
     # -- hooks ------------------------------------------------------------------
 
-    def options(self, settings: Settings) -> tuple[str, ...]:
-        """The user's options for this scheduler (ge_opts, slurm_opts)."""
-        raise NotImplementedError
-
     def check_options(self, settings: Settings) -> None:
         """Refuse options sheepdog sets itself, or that cannot be passed; ConfigError."""
         raise NotImplementedError
 
-    def memory_limit(self, options: tuple[str, ...]) -> int | None:
+    @staticmethod
+    def memory_limit(options: tuple[str, ...]) -> int | None:
         """Bytes of address space each task gets (RLIMIT_AS), from the options."""
         raise NotImplementedError
 
-    def scale_memory(self, options: tuple[str, ...], factor: float) -> tuple[str, ...]:
+    @staticmethod
+    def scale_memory(options: tuple[str, ...], factor: float) -> tuple[str, ...]:
         """``options`` asking for ``factor`` times the memory (a retry with more)."""
         raise NotImplementedError
 
@@ -86,9 +93,6 @@ class BatchScheduler:
         """Write the job script of one part (array ``1-size``), submit it; its job id."""
         raise NotImplementedError
 
-    def cancel(self, job_ids: list[str]) -> None:
-        raise NotImplementedError
-
     def cancel_queued(self, job_ids: list[str]) -> None:
         raise NotImplementedError
 
@@ -99,11 +103,27 @@ class BatchScheduler:
         """The scheduler's record of how array task ``index`` of ``job_id`` ended, if any."""
         raise NotImplementedError
 
-    def parse_ref(self, job_ref: str) -> tuple[str, str] | None:
-        """(job id, array index) of a task's job reference, if it is one of ours."""
-        raise NotImplementedError
-
     # -- shared -----------------------------------------------------------------
+
+    def options(self, settings: Settings) -> tuple[str, ...]:
+        """The user's options for this scheduler."""
+        options: tuple[str, ...] = getattr(settings, self.options_key)
+        return options
+
+    def checked_job_ids(self, job_ids: list[str]) -> list[str]:
+        """``job_ids`` if every one is a job number (they reach a shell)."""
+        for job_id in job_ids:
+            if not JOB_ID.fullmatch(job_id):
+                raise SubmitError(f"{job_id!r} is not a {self.title} job id; refusing to use it")
+        return job_ids
+
+    def cancel(self, job_ids: list[str], *flags: str) -> None:
+        """``cancel_command [flags] JOB...``; a job already over is not an error."""
+        if job_ids:
+            words = [self.cancel_command, *flags, *self.checked_job_ids(job_ids)]
+            result = self.remote.run(" ".join(words))
+            if result.exit_status != 0 and self.gone not in result.stderr + result.stdout:
+                check(self.remote, result)
 
     @property
     def remote(self) -> Remote:
@@ -185,10 +205,10 @@ class BatchScheduler:
         return job_ids
 
     def last_words(self, settings: Settings, name: str, job_ref: str) -> str:
-        ref = self.parse_ref(job_ref)
+        ref = JOB_REF.fullmatch(job_ref)
         if ref is None:
             return ""
-        job_id, index = ref
+        job_id, index = ref.groups()
         job_dir = shlex.quote(self.job_dir(settings, name))
         stderr = self.remote.run(
             f"tail -q -n 5 {job_dir}/*.e{job_id}.{index} 2>/dev/null"

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from sheepdog.errors import ConfigError, SubmitError
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.remote import RemoteUnavailable, check, run_checked
+from sheepdog.submitter.remote import RemoteUnavailable, run_checked
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 from sheepdog.submitter.schedulers.batch import BatchScheduler
 
@@ -48,8 +48,6 @@ SCALED_RESOURCES = ("mem_grab", "h_vmem", "s_vmem", "h_rss", "s_rss", "mem_free"
                     "virtual_free")
 #: What qstat says of a job that is over (finished or deleted).
 GONE = "do not exist"
-JOB_ID = re.compile(r"\d+")
-JOB_REF = re.compile(r"(\d+)\.(\d+)")
 _UNITS = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2, "g": 1000**3, "G": 1024**3,
           "t": 1000**4, "T": 1024**4}
 
@@ -131,9 +129,9 @@ def parse_memory(value: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def memory_limit(ge_opts: tuple[str, ...]) -> int | None:
+def memory_limit(options: tuple[str, ...]) -> int | None:
     """The RLIMIT_AS for workers from ``-l mem_grab=...``, if any."""
-    for opt in ge_opts:
+    for opt in options:
         words = shlex.split(opt)
         if words[:1] != ["-l"]:
             continue
@@ -144,12 +142,12 @@ def memory_limit(ge_opts: tuple[str, ...]) -> int | None:
     return None
 
 
-def scale_memory(ge_opts: tuple[str, ...], factor: float) -> tuple[str, ...]:
-    """``ge_opts`` asking for ``factor`` times the memory, in whole MiB."""
+def scale_memory(options: tuple[str, ...], factor: float) -> tuple[str, ...]:
+    """``options`` (ge_opts) asking for ``factor`` times the memory, in whole MiB."""
     if factor == 1:
-        return ge_opts
+        return options
     scaled = []
-    for opt in ge_opts:
+    for opt in options:
         words = shlex.split(opt)
         if words[:1] != ["-l"]:
             scaled.append(opt)
@@ -165,28 +163,17 @@ def scale_memory(ge_opts: tuple[str, ...], factor: float) -> tuple[str, ...]:
     return tuple(scaled)
 
 
-def checked_job_ids(job_ids: list[str]) -> list[str]:
-    """``job_ids`` if every one is a Grid Engine job number (they reach a shell)."""
-    for job_id in job_ids:
-        if not JOB_ID.fullmatch(job_id):
-            raise SubmitError(f"{job_id!r} is not a Grid Engine job id; refusing to use it")
-    return job_ids
-
-
 class GridEngine(BatchScheduler):
     name = "gridengine"
-
-    def options(self, settings: Settings) -> tuple[str, ...]:
-        return settings.ge_opts
+    title = "Grid Engine"
+    options_key = "ge_opts"
+    cancel_command = CANCEL_COMMAND
+    gone = GONE
+    memory_limit = staticmethod(memory_limit)
+    scale_memory = staticmethod(scale_memory)
 
     def check_options(self, settings: Settings) -> None:
         check_ge_opts(settings.ge_opts, settings.worker_python)
-
-    def memory_limit(self, options: tuple[str, ...]) -> int | None:
-        return memory_limit(options)
-
-    def scale_memory(self, options: tuple[str, ...], factor: float) -> tuple[str, ...]:
-        return scale_memory(options, factor)
 
     def array_limit(self) -> int:
         """Grid Engine's max_aj_tasks (0: no limit), or its default if qconf cannot tell."""
@@ -205,20 +192,10 @@ class GridEngine(BatchScheduler):
         self.remote.put(script_path, script.encode(), 0o600)
         return parse_job_id(run_checked(self.remote, qsub_command(script_path, job_dir, options)))
 
-    def cancel(self, job_ids: list[str]) -> None:
-        if job_ids:
-            result = self.remote.run(f"{CANCEL_COMMAND} {' '.join(checked_job_ids(job_ids))}")
-            if result.exit_status != 0 and GONE not in result.stderr + result.stdout:
-                check(self.remote, result)
-
     def cancel_queued(self, job_ids: list[str]) -> None:
         # qdel cannot pick the pending tasks of an array in one call; the running
         # workers of a finished request have nothing left to do.
         self.cancel(job_ids)
-
-    def parse_ref(self, job_ref: str) -> tuple[str, str] | None:
-        match = JOB_REF.fullmatch(job_ref)
-        return (match.group(1), match.group(2)) if match else None
 
     def accounting(self, job_id: str, index: str) -> str:
         """Grid Engine's record of how array task ``index`` of ``job_id`` ended, if it ran."""
@@ -235,7 +212,7 @@ class GridEngine(BatchScheduler):
         active: set[str] = set()
         ended: set[str] = set()
         unknown = waiting = None
-        for job_id in checked_job_ids(job_ids):
+        for job_id in self.checked_job_ids(job_ids):
             try:
                 result = self.remote.run(f"qstat -j {job_id}")
             except RemoteUnavailable as exc:

@@ -35,7 +35,7 @@ import shlex
 
 from sheepdog.errors import ConfigError, SubmitError
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.remote import RemoteUnavailable, check, run_checked
+from sheepdog.submitter.remote import RemoteUnavailable, run_checked
 from sheepdog.submitter.schedulers.base import ArrayJob, JobState
 from sheepdog.submitter.schedulers.batch import BatchScheduler
 
@@ -61,8 +61,6 @@ GONE = "Invalid job id specified"
 NO_ACCOUNTING = "accounting storage is disabled"
 #: A job that will not run until someone acts (the Grid Engine Eqw of Slurm).
 STUCK_REASONS = ("launch failed requeued held", "JobHeldAdmin")
-JOB_ID = re.compile(r"\d+")
-JOB_REF = re.compile(r"(\d+)\.(\d+)")
 #: Slurm memory units; a number without one is MiB.
 _UNITS = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -160,14 +158,6 @@ def parse_job_id(stdout: str) -> str:
     return match.group(1)
 
 
-def checked_job_ids(job_ids: list[str]) -> list[str]:
-    """``job_ids`` if every one is a Slurm job number (they reach a shell)."""
-    for job_id in job_ids:
-        if not JOB_ID.fullmatch(job_id):
-            raise SubmitError(f"{job_id!r} is not a Slurm job id; refusing to use it")
-    return job_ids
-
-
 def array_limit_of(config: str) -> int:
     """Most tasks per array job, from ``scontrol show config``: indices stay below
     MaxArraySize, and SchedulerParameters' max_array_tasks caps the count."""
@@ -189,18 +179,15 @@ def job_lines(stdout: str) -> list[tuple[str, str, str]]:
 
 class Slurm(BatchScheduler):
     name = "slurm"
-
-    def options(self, settings: Settings) -> tuple[str, ...]:
-        return settings.slurm_opts
+    title = "Slurm"
+    options_key = "slurm_opts"
+    cancel_command = CANCEL_COMMAND
+    gone = GONE
+    memory_limit = staticmethod(memory_limit)
+    scale_memory = staticmethod(scale_memory)
 
     def check_options(self, settings: Settings) -> None:
         check_slurm_opts(settings.slurm_opts)
-
-    def memory_limit(self, options: tuple[str, ...]) -> int | None:
-        return memory_limit(options)
-
-    def scale_memory(self, options: tuple[str, ...], factor: float) -> tuple[str, ...]:
-        return scale_memory(options, factor)
 
     def array_limit(self) -> int:
         result = self.remote.run("scontrol show config")
@@ -216,20 +203,8 @@ class Slurm(BatchScheduler):
                                  options, settings.max_running)
         return parse_job_id(run_checked(self.remote, command))
 
-    def cancel(self, job_ids: list[str], *, state: str = "") -> None:
-        if job_ids:
-            only = f"--state={state} " if state else ""
-            result = self.remote.run(
-                f"{CANCEL_COMMAND} {only}{' '.join(checked_job_ids(job_ids))}")
-            if result.exit_status != 0 and GONE not in result.stderr + result.stdout:
-                check(self.remote, result)
-
     def cancel_queued(self, job_ids: list[str]) -> None:
-        self.cancel(job_ids, state="PENDING")  # running workers end on their own
-
-    def parse_ref(self, job_ref: str) -> tuple[str, str] | None:
-        match = JOB_REF.fullmatch(job_ref)
-        return (match.group(1), match.group(2)) if match else None
+        self.cancel(job_ids, "--state=PENDING")  # running workers end on their own
 
     def accounting(self, job_id: str, index: str) -> str:
         """sacct's record of task ``job_id``_``index``; else the controller's (scontrol),
@@ -256,7 +231,7 @@ class Slurm(BatchScheduler):
         active: set[str] = set()
         ended: set[str] = set()
         unknown = waiting = None
-        for job_id in checked_job_ids(job_ids):
+        for job_id in self.checked_job_ids(job_ids):
             try:
                 result = self.remote.run(f"squeue -h -j {job_id} -o '%i|%T|%r'")
             except RemoteUnavailable as exc:
