@@ -3,7 +3,8 @@
     SheepdogError
     ├── ConfigError            a config key or value is wrong; names the fix
     ├── BrokerError            the broker cannot be reached or refused us
-    │   └── EmbeddedBrokerError  the private server could not be started
+    │   ├── EmbeddedBrokerError  the private server could not be started
+    │   └── CredentialsMissing   no credentials here for the request's broker
     ├── SerialisationError     a function, argument or result cannot be pickled
     ├── IntegrityError         a payload failed its HMAC check (not from us)
     ├── SubmitError            the scheduler refused the array job
@@ -11,7 +12,10 @@
     ├── SSHError               cannot connect, unknown or changed host key, auth failed
     ├── RequestNotFound        no such request id in the dbfile
     ├── RequestFailed          the request cannot finish (cancelled, runner died)
+    ├── TransferError          an export file cannot be written or imported
+    ├── MissingExtra           an optional part needs a package: names the pip extra
     ├── TaskErrors             map(..., raise_errors=True) and some tasks failed
+    ├── TaskFailed             one task failed: a future's exception, imap(raise_errors=True)
     └── ResultsTimeout         get_results(timeout=...) ran out (also a TimeoutError)
 
 Each exception keeps its context as attributes and survives pickling,
@@ -36,6 +40,10 @@ class ConfigError(SheepdogError, ValueError):
 
 class BrokerError(SheepdogError):
     """The broker cannot be reached, or it refused a command."""
+
+
+class CredentialsMissing(BrokerError):
+    """This machine holds no credentials for a request's broker: no wait will help."""
 
 
 class EmbeddedBrokerError(BrokerError):
@@ -84,6 +92,23 @@ class RequestFailed(SheepdogError):
     """The request can no longer finish: cancelled, or its runner is gone."""
 
 
+class TransferError(SheepdogError):
+    """``sheepdog export`` or ``import`` cannot be done (file exists, is no export, ...)."""
+
+
+class MissingExtra(SheepdogError):
+    """An optional part of sheepdog needs a package that is not installed."""
+
+    def __init__(self, what: str, package: str, extra: str) -> None:
+        self.what = what
+        self.package = package
+        self.extra = extra
+        super().__init__(f"{what} needs {package}: pip install 'sheepdog[{extra}]'")
+
+    def __reduce__(self) -> tuple[type[MissingExtra], tuple[str, str, str]]:
+        return (MissingExtra, (self.what, self.package, self.extra))
+
+
 class TaskFailure(Record):
     """One failed task: its 1-based index, its arguments, the remote error and its attempt.
 
@@ -115,6 +140,26 @@ class TaskErrors(SheepdogError):
 
     def __reduce__(self) -> tuple[type[TaskErrors], tuple[int, list[TaskFailure]]]:
         return (TaskErrors, (self.request_id, self.failures))
+
+
+class TaskFailed(SheepdogError):
+    """One task failed - its function raised, or it was lost - as a future or ``imap``
+    reports it; ``remote_traceback`` is the traceback (or the reason) from the worker."""
+
+    def __init__(self, request_id: int, index: int, status: str, remote_traceback: str,
+                 attempt: int = 1) -> None:
+        self.request_id = request_id
+        self.index = index
+        self.status = status
+        self.remote_traceback = remote_traceback
+        self.attempt = attempt
+        how = "raised" if status == "error" else "was lost"
+        super().__init__(f"task {index} of request {request_id} {how} (attempt {attempt}):\n"
+                         f"{remote_traceback.rstrip()}")
+
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[int, int, str, str, int]]:
+        return (TaskFailed, (self.request_id, self.index, self.status, self.remote_traceback,
+                             self.attempt))
 
 
 class ResultsTimeout(SheepdogError, TimeoutError):

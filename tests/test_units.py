@@ -121,8 +121,9 @@ def test_store_upserts_are_idempotent_and_a_later_attempt_wins(tmp_path: Path) -
             add(_row(1), b"func")
         store.add_tasks(1, [(1, b"a1"), (2, b"a2")])
         base = {"request_id": 1, "idx": 1, "value": None, "error": "x", "cause": None,
-                "mac": "", "host": None, "pid": None, "job": None, "started": None,
-                "finished": None, "stdout": None, "stderr": None, "broker_id": "b"}
+                "mac": "", "host": None, "pid": None, "job": None, "booted": None,
+                "started": None, "finished": None, "stdout": None, "stderr": None,
+                "broker_id": "b"}
         lost = dict(base, status="lost", attempt=1, stream_key=stream_key("10-0"))
         ok = dict(base, status="ok", attempt=2, value=b"v", error=None,
                   stream_key=stream_key("11-0"))

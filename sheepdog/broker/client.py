@@ -214,6 +214,22 @@ class Broker:
         raw: Reply = self.client.zrange(keys.leases(request_id), 0, -1, withscores=True)
         return {int(k): float(score) for k, score in raw}
 
+    def cancel_task(self, request_id: int, token: str, index: int, *, key: bytes,
+                    reason: str) -> bool:
+        """Give task ``index`` up as lost if no attempt of it runs now, and never retry
+        it; False if one runs, or it has its final outcome already."""
+        text = self.client.hget(keys.claims(request_id), str(index))
+        claim = Claim.parse(text.decode()) if text else None  # type: ignore[union-attr]
+        if claim is not None and claim.holder != "-":
+            return False
+        fields = {"error": reason, "started": f"{time.time():.6f}",
+                  "finished": f"{time.time():.6f}"}
+        written = self.tasks.record(request_id, token, index, key=key, holder="-",
+                                    attempt=(claim.attempt if claim else 0) + 1,
+                                    status="lost", cause="cancelled", fields=fields,
+                                    check="unstarted")
+        return written == 1
+
     def cancel(self, request_id: int, token: str, reason: str, mac: str) -> int:
         """Give up every task without a final outcome; -1 if the request is unknown."""
         return int(self.tasks.eval_script(scripts.CANCEL, request_id, [token, reason, mac]))
@@ -253,6 +269,14 @@ class Broker:
     def broker_time(self) -> float:
         seconds, micros = self.client.time()
         return float(seconds) + float(micros) / 1e6
+
+    def round_trip(self, key: str, value: bytes, ttl: int) -> bytes | None:
+        """Write ``value`` to ``key`` (expiring in ``ttl`` seconds), read it back and
+        delete it; what was read. Shows that the broker takes writes (``sheepdog doctor``)."""
+        self.client.set(key, value, ex=ttl)
+        got: Reply = self.client.get(key)
+        self.client.delete(key)
+        return None if got is None else bytes(got)
 
     # -- per-request users ------------------------------------------------------
 

@@ -101,14 +101,53 @@ def _pickle(obj: object, what: str | Callable[[], str]) -> bytes:
     return data
 
 
+class Call:
+    """A task's arguments with keywords: ``Call(1, 2, scale=3)`` calls ``f(1, 2, scale=3)``.
+
+    (Here, not in the submitter: the worker unpickles it.)
+    """
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, /, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __reduce__(self) -> tuple[Callable[..., Call], tuple[tuple[Any, ...], dict[str, Any]]]:
+        return (_call_of, (self.args, self.kwargs))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Call):
+            return NotImplemented
+        return (self.args, self.kwargs) == (other.args, other.kwargs)
+
+    __hash__ = None  # type: ignore[assignment]  # it holds a dict
+
+    def __repr__(self) -> str:
+        shown = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"Call({', '.join(shown)})"
+
+
+def _call_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    return Call(*args, **kwargs)
+
+
 def positional(item: object) -> list[object]:
     """The positional arguments a task's item stands for.
 
     A plain tuple is the arguments themselves: ``(1, 2)`` calls ``f(1, 2)``.
     Anything else, a list or a namedtuple included, is one argument:
-    ``[1, 2]`` calls ``f([1, 2])``, ``5`` calls ``f(5)``.
+    ``[1, 2]`` calls ``f([1, 2])``, ``5`` calls ``f(5)``. A ``Call`` holds
+    positional and keyword arguments (see ``arguments``).
     """
+    if type(item) is Call:
+        return list(item.args)
     return list(item) if type(item) is tuple else [item]
+
+
+def arguments(item: object) -> tuple[list[object], dict[str, Any]]:
+    """The positional and keyword arguments a task's item stands for."""
+    return positional(item), item.kwargs if type(item) is Call else {}
 
 
 def _unpack_envelope(data: bytes) -> tuple[int, bytes, bytes]:

@@ -8,6 +8,8 @@ Key (type): contents; lifetime.
 - ``sheepdog:broker`` (hash): ``id`` (uuid4, set once), ``schema``; for ever.
 - ``sheepdog:seq`` (string): INCR counter, the last request id handed out; for ever.
 - ``sheepdog:requests`` (zset): request id -> creation time (unix s); until expired.
+- ``sheepdog:doctor:TOKEN`` (string): a random value ``sheepdog doctor`` writes,
+  reads back and deletes at once; expires after ``DOCTOR_TTL`` if it dies first.
 - ``sheepdog:{req:ID}`` (hash): plain-text meta, see ``META_FIELDS``. While the
   request is being submitted every key below expires after ``SUBMIT_TTL`` (a
   submitter that dies mid-push leaves nothing behind); once submitted they are
@@ -41,6 +43,9 @@ SCHEMA_VERSION = "2"
 
 #: Seconds the keys of a request being submitted live without a refresh.
 SUBMIT_TTL = 600
+
+#: Seconds the test key of ``sheepdog doctor`` lives if it is not deleted.
+DOCTOR_TTL = 60
 
 #: Seconds the broker keeps a request once every outcome is in a dbfile.
 RESULT_TTL = 7 * 24 * 3600
@@ -88,14 +93,15 @@ RESULT_FIELDS = (
     "attempt",  # which attempt of the task this is
     "status",  # ok | error | lost | rejected | cancelled
     "next",  # 'retry' when another attempt follows; absent when this outcome is final
-    "cause",  # 'memory' when the task went over its memory limit
+    "cause",  # 'memory' when the task went over its memory limit; 'cancelled' before it ran
     "payload",  # ok: codec envelope of the return value; otherwise absent
     "error",  # error/lost/rejected/cancelled: the traceback or reason, plain text
     "mac",  # hex HMAC of index, attempt, status, cause, payload and error
     "host",  # node that ran the task
     "pid",  # worker process id
     "job",  # scheduler job reference
-    "started",  # unix time, seconds
+    "booted",  # unix time, seconds: the worker process's start (its interpreter's included)
+    "started",  # unix time, seconds: when the worker took this attempt up
     "finished",  # unix time, seconds
     "stdout",  # tail of the task's stdout
     "stderr",  # tail of the task's stderr
@@ -118,6 +124,10 @@ def seq() -> str:
 
 def requests() -> str:
     return f"{PREFIX}:requests"
+
+
+def doctor(token: str) -> str:
+    return f"{PREFIX}:doctor:{token}"
 
 
 def meta(request_id: int) -> str:

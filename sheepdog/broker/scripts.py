@@ -84,9 +84,11 @@ return held
 #: ``holder`` is the claim's holder; '-' records a lost attempt that never got
 #: to claim (its worker did not start), and is then attempt ``prev + 1``.
 #: ``check`` 'expired' accepts only if the holder's lease has run out (the
-#: reaper; a late heartbeat wins). An outcome that may be retried (lost, or
-#: error with retry_errors, or over memory with retry_memory, while attempts
-#: are left) is written with next=retry, the task waits in ``retry`` and its
+#: reaper; a late heartbeat wins); 'unstarted' only with holder '-' and never
+#: retries (a task cancelled before any attempt of it runs). An outcome that
+#: may be retried (lost, or error with retry_errors, or over memory with
+#: retry_memory, while attempts are left) is written with next=retry, the task
+#: waits in ``retry`` and its
 #: claim keeps only the attempt numbers; otherwise it is final: the task leaves
 #: ``tasks``, ``claims`` and ``retry``, and the request is done when no task is
 #: left. In worker mode a retried task goes back to the head of ``queue``
@@ -101,6 +103,7 @@ local idx, holder, attempt, status, cause = ARGV[2], ARGV[3], tonumber(ARGV[4]),
 if redis.call('HEXISTS', KEYS[2], idx) == 0 then return 0 end
 local claim = parse_claim(redis.call('HGET', KEYS[6], idx))
 local first, level = 1, 0
+if ARGV[7] == 'unstarted' and holder ~= '-' then return 0 end
 if holder == '-' then
   local prev = claim and claim.attempt or 0
   if (claim and claim.holder ~= '-') or attempt ~= prev + 1 then return 0 end
@@ -114,7 +117,7 @@ else
   end
 end
 local retry = false
-if attempt - first + 1 < tonumber(meta[3] or '1') then
+if attempt - first + 1 < tonumber(meta[3] or '1') and ARGV[7] ~= 'unstarted' then
   retry = status == 'lost'
     or (status == 'error' and (meta[4] == '1' or (cause == 'memory' and meta[5] == '1')))
 end

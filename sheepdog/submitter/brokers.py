@@ -15,7 +15,7 @@ from pathlib import Path
 from sheepdog.broker import embedded
 from sheepdog.broker.client import Broker
 from sheepdog.broker.urls import redact
-from sheepdog.errors import BrokerError
+from sheepdog.errors import CredentialsMissing
 from sheepdog.submitter import credentials, paths
 from sheepdog.submitter.session import Session
 
@@ -45,9 +45,11 @@ def reconnect(broker_id: str, location: str, session: Session) -> tuple[Broker, 
     """
     known = credentials.lookup(broker_id)
     if known is None:
-        raise BrokerError(
+        raise CredentialsMissing(
             f"this machine has no credentials for broker {broker_id} ({location}); they are"
-            f" kept in {paths.credentials_file()} on the machine that submitted the request"
+            f" kept in {paths.credentials_file()} on the machine that submitted the request."
+            " Collect the request there, or move it here with `sheepdog export ID"
+            " --with-broker` there and `sheepdog import FILE` here (docs/transfer.md)"
         )
     worker_url, _master = known
     if location.startswith(EMBEDDED):

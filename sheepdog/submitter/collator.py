@@ -56,6 +56,7 @@ class Collator:
         self.group = keys.collator_group(store.store_id)
         self._replaying = True  # first re-read what an earlier collator left unacknowledged
         self._gained: int | None = 0  # tasks that got their final outcome here; None: unknown
+        self._touched: list[int] | None = []  # indices of the final outcomes saved; None: unknown
         broker.ensure_group(self.stream, self.group)
 
     def step(self, block_ms: int | None = 500) -> int:
@@ -76,8 +77,16 @@ class Collator:
         gained, self._gained = self._gained, 0
         return gained
 
+    def take_touched(self) -> list[int] | None:
+        """Indices whose final outcome was saved since the last call (perhaps not their
+        first one). None when that is not known: a cancel entry gave every task left an
+        outcome, or the whole stream was written again."""
+        touched, self._touched = self._touched, []
+        return touched
+
     def resync(self) -> int:
         """Write every entry of the stream again, whatever was acknowledged; how many."""
+        self._touched = None
         written = 0
         for entries in self.broker.all_results(self.stream, chunk=BATCH):
             self._save(entries)
@@ -111,6 +120,10 @@ class Collator:
             else:
                 finals.append(row)
         gained = self.store.save_outcomes(finals, earlier, incidents, cancels)
+        if cancels:
+            self._touched = None
+        elif self._touched is not None:
+            self._touched.extend(row["idx"] for row in finals)  # type: ignore[misc]
         self._gained = None if gained is None or self._gained is None else self._gained + gained
         self.broker.ack(self.stream, self.group, [entry_id for entry_id, _ in entries])
 
@@ -136,6 +149,7 @@ class Collator:
             "host": get("host") or None,
             "pid": int(pid) if pid.isdigit() else None,
             "job": get("job") or None,
+            "booted": _seconds(get("booted")),
             "started": _seconds(get("started")),
             "finished": _seconds(get("finished")),
             "stdout": get("stdout") or None,

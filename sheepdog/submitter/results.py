@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from sheepdog.broker import codec, keys
 from sheepdog.errors import (
+    CredentialsMissing,
     IntegrityError,
     RequestFailed,
     ResultsTimeout,
@@ -212,21 +213,28 @@ def _interactive() -> bool:
 
 
 class _Waiter:
-    """The loop of ``wait``: collate, check now and then, survive outages."""
+    """Collating one request and surviving outages: the inner part of ``Follower``."""
 
     def __init__(self, request: OpenRequest, say: Callable[[str], None]) -> None:
         self.request = request
         self.watch = Watch(request, say)
         self._collator: Collator | None = None
         self._counted = False  # whether done() has counted since the collator was made
+        self._dropped = False  # a collator was dropped: what it saved last is not known
 
     def collator(self) -> Collator:
         row = self.request.row
         if self._collator is None or self._collator.stream != row.broker_request \
                 or self._collator.broker is not self.request.connect():
+            self._drop()
             self._collator = self.request.collator()
             self._counted = False
         return self._collator
+
+    def _drop(self) -> None:
+        if self._collator is not None:
+            self._dropped = True
+        self._collator = None
 
     def done(self, before: int, idle: bool) -> int:
         """Tasks with a final outcome in the dbfile: ``before`` plus what this waiter's
@@ -238,10 +246,18 @@ class _Waiter:
             return self.request.done()
         return before + gained
 
-    def collate(self) -> int | None:
+    def touched(self) -> list[int] | None:
+        """Indices whose final outcome was saved since the last call (None: not known)."""
+        touched = self._collator.take_touched() if self._collator is not None else []
+        if self._dropped:
+            self._dropped = False
+            return None
+        return touched
+
+    def collate(self, block_ms: int) -> int | None:
         """Collate one batch: its size, or None (after a pause) if the broker or the
         dbfile cannot be used right now."""
-        return self._tolerating(lambda: self.collator().step(block_ms=250))
+        return self._tolerating(lambda: self.collator().step(block_ms=block_ms))
 
     def resync(self) -> None:
         """Read the whole stream again: the broker has outcomes the dbfile never got."""
@@ -252,11 +268,13 @@ class _Waiter:
         try:
             done = step()
         except StreamNotOurs:
-            self._collator = None  # the next check finds the request gone and pushes it again
+            self._drop()  # the next check finds the request gone and pushes it again
             return 0
+        except CredentialsMissing:
+            raise  # not an outage: waiting would never end
         except BROKER_DOWN as exc:
             self.request.disconnect()
-            self._collator = None
+            self._drop()
             self.watch.unreachable("the broker", f"{type(exc).__name__}: {exc}")
         except sqlite3.OperationalError as exc:  # locked beyond the busy timeout
             self.watch.unreachable(f"the dbfile {self.request.store.path}", str(exc))
@@ -267,7 +285,6 @@ class _Waiter:
         return None
 
 
-
 def over_on_broker(request: OpenRequest) -> bool:
     """The broker says the request is over (False if it cannot be asked now)."""
     with contextlib.suppress(*BROKER_DOWN):
@@ -275,37 +292,66 @@ def over_on_broker(request: OpenRequest) -> bool:
     return False
 
 
+class Follower:
+    """Follows one request as its outcomes arrive: collates a batch at a time, checks
+    on its jobs now and then (lost tasks, retries, a broker that lost the request) and
+    waits out outages. ``wait``, ``imap`` and the Executor all go through it."""
+
+    def __init__(self, request: OpenRequest, say: Callable[[str], None], *,
+                 hint: bool = False) -> None:
+        self.request = request
+        self.say = say
+        self.waiter = _Waiter(request, say)
+        self.done = self.initial = request.done()
+        self.next_check = time.monotonic() + LIVENESS_INTERVAL
+        self.hint_at = time.monotonic() + WAITING_HINT_AFTER if hint else None
+
+    @property
+    def finished(self) -> bool:
+        """Every task has a final outcome in the dbfile."""
+        return self.done >= self.request.row.n_tasks
+
+    def step(self, block_ms: int = 250) -> list[int] | None:
+        """One round: collate what arrives within ``block_ms``, and check on the jobs
+        when that is due. Returns the indices that got a final outcome in this round,
+        or None when that is not known (read them back from the dbfile)."""
+        collated = self.waiter.collate(block_ms)
+        touched = self.waiter.touched()
+        now_done = self.waiter.done(self.done, idle=not collated)
+        if touched is not None and now_done - self.done > len(touched):
+            touched = None  # more arrived than this collator saved: another process collates
+        self.done = now_done
+        if self.finished or time.monotonic() < self.next_check:
+            return touched
+        if collated == 0 and over_on_broker(self.request):  # the dbfile lacks outcomes
+            self.waiter.resync()
+            self.done = self.request.done()
+            return None
+        state = self.waiter.watch.check()
+        self.next_check = time.monotonic() + LIVENESS_INTERVAL
+        if self.hint_at and time.monotonic() >= self.hint_at and self.done == self.initial \
+                and state and state.waiting:
+            self.say(f"sheepdog: nothing has run yet. {state.waiting}")
+            self.hint_at = None
+        return touched
+
+
 def _collate_until_done(request: OpenRequest, verbose: bool, timeout: float | None) -> None:
     total = request.row.n_tasks
-    done = initial = request.done()
     deadline = None if timeout is None else time.monotonic() + timeout
-    next_check = time.monotonic() + LIVENESS_INTERVAL
-    hint_at = time.monotonic() + WAITING_HINT_AFTER if verbose else None
-    with tqdm(total=total, initial=done, disable=not (verbose and _interactive()),
+    with tqdm(total=total, initial=request.done(), disable=not (verbose and _interactive()),
               unit="task", desc=f"request {request.request_id}", file=sys.stderr) as bar:
         def say(message: str) -> None:
             bar.write(message, file=sys.stderr)
 
-        waiter = _Waiter(request, say if verbose else say_on_stderr)
-        while done < total:
-            collated = waiter.collate()
-            now_done = waiter.done(done, idle=not collated)
-            bar.update(now_done - done)
-            done = now_done
-            if done >= total:
-                break
-            if time.monotonic() >= next_check:
-                if collated == 0 and over_on_broker(request):  # the dbfile lacks outcomes
-                    waiter.resync()
-                    continue
-                state = waiter.watch.check()
-                next_check = time.monotonic() + LIVENESS_INTERVAL
-                if hint_at and time.monotonic() >= hint_at and done == initial and state \
-                        and state.waiting:
-                    bar.write(f"sheepdog: nothing has run yet. {state.waiting}", file=sys.stderr)
-                    hint_at = None
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultsTimeout(request.request_id, done, total, timeout or 0.0)
+        follower = Follower(request, say if verbose else say_on_stderr, hint=verbose)
+        while not follower.finished:
+            before = follower.done
+            follower.step()
+            bar.update(follower.done - before)
+            if not follower.finished and deadline is not None \
+                    and time.monotonic() >= deadline:
+                raise ResultsTimeout(request.request_id, follower.done, total, timeout or 0.0)
 
 
 # -- decoding ------------------------------------------------------------------
@@ -363,15 +409,27 @@ def iter_outcomes(request: OpenRequest, *, statuses: tuple[str, ...] | None = No
     by status, whether a task's arguments are wanted (else they are None)."""
     key = _key_or_none(request)
     for row in request.store.iter_tasks(request.request_id, statuses=statuses, values=values):
-        try:
-            item = _decode_args(row.args, key, row.idx) if args(row.status) else None
-            value = _decode_value(row, key, request.row.token) if values else None
-        except SerialisationError as exc:
-            raise SerialisationError(f"request {request.request_id}, task {row.idx}: {exc}"
-                                     ) from exc
-        except IntegrityError as exc:
-            raise IntegrityError(f"request {request.request_id}: {exc}") from exc
-        yield Outcome(row.idx, item, row.status, value, row.error, row.attempt)
+        yield decoded(request, row, key, args=args(row.status), value=values)
+
+
+def decoded(request: OpenRequest, row: TaskRow, key: bytes | None, *, args: bool,
+            value: bool = True) -> Outcome:
+    """One task read from the dbfile as the caller sees it (``key``: the request's, if
+    this machine has it); ``args``/``value`` say whether to decode those."""
+    try:
+        item = _decode_args(row.args, key, row.idx) if args else None
+        result = _decode_value(row, key, request.row.token) if value else None
+    except SerialisationError as exc:
+        raise SerialisationError(f"request {request.request_id}, task {row.idx}: {exc}"
+                                 ) from exc
+    except IntegrityError as exc:
+        raise IntegrityError(f"request {request.request_id}: {exc}") from exc
+    return Outcome(row.idx, item, row.status, result, row.error, row.attempt)
+
+
+def key_or_none(request: OpenRequest) -> bytes | None:
+    """The request's key, or None if this machine has none (plain values need none)."""
+    return _key_or_none(request)
 
 
 def incidents(request: OpenRequest) -> list[str]:

@@ -6,7 +6,7 @@ broker is gone. WAL mode: many processes read while one writes; opening a
 dbfile to read takes no lock, so ``sheepdog ls`` works while a collator
 writes. New files are created mode 0600.
 
-Schema (version 2)::
+Schema (version 3; a version-2 file gains ``booted`` when opened to write)::
 
     store     (key PK, value)              store_id (uuid), schema
     brokers   (broker_id PK, location)     location: 'embedded:<dir>' or a
@@ -29,10 +29,13 @@ Schema (version 2)::
                                            (outcomes of earlier attempts are history)
     results   (request_id, idx) PK         the task's final outcome: attempt, status
               (ok | error | lost), cause, value, error, mac, host, pid, job,
-              started, finished, stdout, stderr, broker_id, stream_key
+              started, finished, stdout, stderr, broker_id, stream_key,
+              booted                       unix time the worker process started
+                                           (keys.RESULT_FIELDS; NULL for a lost task)
     attempts  (request_id, idx, attempt) PK
                                            earlier attempts: lost or failed and retried,
-                                           or replaced by a resubmit
+                                           or replaced by a resubmit; the columns of
+                                           results but value, mac, broker_id, stream_key
     incidents (request_id, broker_id, stream_key) PK, idx, error, host
                                            stream entries that are not outcomes: a worker
                                            with a wrong index, a forged or garbled entry
@@ -51,7 +54,14 @@ from typing import Any
 
 from sheepdog.errors import RequestNotFound, SheepdogError
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
+
+#: Statements that bring a dbfile of schema N (the key) to N + 1. Each only adds, so
+#: a reader that never writes may read an older file as it is.
+_MIGRATIONS = {
+    "2": ("ALTER TABLE results ADD COLUMN booted REAL",
+          "ALTER TABLE attempts ADD COLUMN booted REAL"),
+}
 
 #: Seconds a writer waits for another writer's lock (the original used 30 s too).
 BUSY_TIMEOUT = 30.0
@@ -106,6 +116,7 @@ CREATE TABLE IF NOT EXISTS results (
     stderr     TEXT,
     broker_id  TEXT,
     stream_key INTEGER,
+    booted     REAL,
     PRIMARY KEY (request_id, idx)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -122,6 +133,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     finished   REAL,
     stdout     TEXT,
     stderr     TEXT,
+    booted     REAL,
     PRIMARY KEY (request_id, idx, attempt)
 );
 CREATE TABLE IF NOT EXISTS incidents (
@@ -142,7 +154,8 @@ ON CONFLICT (request_id, idx) DO UPDATE SET
     value = excluded.value, error = excluded.error, mac = excluded.mac,
     host = excluded.host, pid = excluded.pid, job = excluded.job,
     started = excluded.started, finished = excluded.finished, stdout = excluded.stdout,
-    stderr = excluded.stderr, broker_id = excluded.broker_id, stream_key = excluded.stream_key
+    stderr = excluded.stderr, broker_id = excluded.broker_id, stream_key = excluded.stream_key,
+    booted = excluded.booted
 WHERE excluded.attempt > results.attempt
 """
 
@@ -150,9 +163,9 @@ WHERE excluded.attempt > results.attempt
 #: latest submission, and only over an outcome of an earlier attempt.
 _UPSERT_RESULT = """
 INSERT INTO results (request_id, idx, attempt, status, cause, value, error, mac, host, pid,
-                     job, started, finished, stdout, stderr, broker_id, stream_key)
+                     job, started, finished, stdout, stderr, broker_id, stream_key, booted)
 SELECT :request_id, :idx, :attempt, :status, :cause, :value, :error, :mac, :host, :pid,
-       :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key
+       :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key, :booted
 WHERE :attempt >= coalesce(
     (SELECT first FROM tasks WHERE request_id = :request_id AND idx = :idx), 1)
 """ + _KEEP_LATEST
@@ -161,24 +174,24 @@ WHERE :attempt >= coalesce(
 #: at ``tasks.first`` per row.
 _UPSERT_RESULT_PLAIN = """
 INSERT INTO results (request_id, idx, attempt, status, cause, value, error, mac, host, pid,
-                     job, started, finished, stdout, stderr, broker_id, stream_key)
+                     job, started, finished, stdout, stderr, broker_id, stream_key, booted)
 VALUES (:request_id, :idx, :attempt, :status, :cause, :value, :error, :mac, :host, :pid,
-        :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key)
+        :job, :started, :finished, :stdout, :stderr, :broker_id, :stream_key, :booted)
 """ + _KEEP_LATEST
 
 _INSERT_ATTEMPT = """
 INSERT OR IGNORE INTO attempts (request_id, idx, attempt, status, cause, error, host, pid,
-                                job, started, finished, stdout, stderr)
+                                job, started, finished, stdout, stderr, booted)
 VALUES (:request_id, :idx, :attempt, :status, :cause, :error, :host, :pid,
-        :job, :started, :finished, :stdout, :stderr)
+        :job, :started, :finished, :stdout, :stderr, :booted)
 """
 
 #: A final outcome of an attempt before the task's latest submission: history.
 _INSERT_EARLIER_FINAL = """
 INSERT OR IGNORE INTO attempts (request_id, idx, attempt, status, cause, error, host, pid,
-                                job, started, finished, stdout, stderr)
+                                job, started, finished, stdout, stderr, booted)
 SELECT :request_id, :idx, :attempt, :status, :cause, :error, :host, :pid,
-       :job, :started, :finished, :stdout, :stderr
+       :job, :started, :finished, :stdout, :stderr, :booted
 WHERE :attempt < coalesce(
     (SELECT first FROM tasks WHERE request_id = :request_id AND idx = :idx), 1)
 """
@@ -257,15 +270,19 @@ class TaskRow:
 class Store:
     """One dbfile. Use as a context manager, or call ``close``."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
+                 readonly: bool = False) -> None:
+        """``readonly``: never write (no schema is created or migrated): for readers that
+        must not change what they read, e.g. a report."""
         self.path = Path(path)
         if not self.path.exists():
-            if not create:
+            if not create or readonly:
                 raise RequestNotFound(f"there is no dbfile {self.path}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         target = str(self.path)
-        if not os.access(self.path, os.W_OK):
+        self.readonly = readonly or not os.access(self.path, os.W_OK)
+        if self.readonly:
             target = f"file:{self.path}?mode=ro"
         self._db = sqlite3.connect(target, timeout=BUSY_TIMEOUT, isolation_level=None,
                                    uri=target.startswith("file:"))
@@ -279,6 +296,8 @@ class Store:
     def _open(self) -> str:
         """The store id, after creating the schema if this is a new file (reads take no lock)."""
         info = self._info()
+        if info is None and self.readonly:
+            raise RequestNotFound(f"{self.path} is not a sheepdog dbfile (it is empty)")
         if info is None:
             self._db.execute("PRAGMA journal_mode=WAL")
             with self._transaction():
@@ -292,13 +311,34 @@ class Store:
             info = self._info()
             assert info is not None
         self._db.execute("PRAGMA synchronous=NORMAL")
-        if info.get("schema") != SCHEMA_VERSION:
+        schema = info.get("schema")
+        if schema in _MIGRATIONS and not self.readonly:
+            schema = self._migrate()
+        if schema != SCHEMA_VERSION and not (self.readonly and schema in _MIGRATIONS):
             raise SheepdogError(
-                f"{self.path} was written by a sheepdog with store schema {info.get('schema')};"
+                f"{self.path} was written by a sheepdog with store schema {schema};"
                 f" this one reads schema {SCHEMA_VERSION}. Use that sheepdog version for it,"
                 " or another dbfile."
             )
         return info["store_id"]
+
+    def _migrate(self) -> str:
+        """Bring an older schema up to this one in one transaction (a second process
+        opening the file meanwhile waits, then finds it done); the schema it is now."""
+        with self._transaction() as db:
+            while (schema := self._schema()) in _MIGRATIONS:
+                for statement in _MIGRATIONS[schema]:
+                    db.execute(statement)
+                db.execute("UPDATE store SET value = ? WHERE key = 'schema'",
+                           (str(int(schema) + 1),))
+        return self._schema()
+
+    def _schema(self) -> str:
+        return str(self._db.execute("SELECT value FROM store WHERE key = 'schema'").fetchone()[0])
+
+    def columns(self, table: str) -> list[str]:
+        """The columns ``table`` has in this file (an older schema read-only lacks some)."""
+        return [row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")]
 
     def _info(self) -> dict[str, str] | None:
         found = self._db.execute(
@@ -444,9 +484,9 @@ class Store:
                 marks = ",".join("?" * len(chunk))
                 db.execute(
                     "INSERT OR REPLACE INTO attempts (request_id, idx, attempt, status, cause,"
-                    " error, host, pid, job, started, finished, stdout, stderr)"
+                    " error, host, pid, job, started, finished, stdout, stderr, booted)"
                     " SELECT request_id, idx, attempt, status, cause, error, host, pid, job,"
-                    " started, finished, stdout, stderr FROM results"
+                    " started, finished, stdout, stderr, booted FROM results"
                     f" WHERE request_id = ? AND idx IN ({marks})", (request_id, *chunk))
                 db.execute(f"DELETE FROM results WHERE request_id = ? AND idx IN ({marks})",
                            (request_id, *chunk))
@@ -496,25 +536,39 @@ class Store:
         return list(self.iter_tasks(request_id, statuses=statuses))
 
     def iter_tasks(self, request_id: int, *, statuses: tuple[str, ...] | None = None,
-                   values: bool = True) -> Iterator[TaskRow]:
+                   values: bool = True, start: int = 1, stop: int | None = None,
+                   ) -> Iterator[TaskRow]:
         """Tasks in index order, with their final outcome where there is one, read as
         they are used (a million rows are never held at once).
 
         ``statuses`` keeps only tasks whose outcome has one of them ('' for
-        tasks without an outcome); ``values=False`` leaves result values out.
+        tasks without an outcome); ``values=False`` leaves result values out;
+        ``start`` and ``stop`` bound the indices (``stop`` excluded).
         """
         value = "r.value" if values else "NULL AS value"
         cursor = self._db.execute(
             f"SELECT t.idx, t.args, r.attempt, r.status, {value}, r.error, r.cause, r.mac"
             " FROM tasks t LEFT JOIN results r USING (request_id, idx)"
-            " WHERE t.request_id = ? ORDER BY t.idx",
-            (request_id,),
+            " WHERE t.request_id = ? AND t.idx >= ? AND t.idx < ? ORDER BY t.idx",
+            (request_id, start, stop if stop is not None else 2**62),
         )
         while rows := cursor.fetchmany(1000):
             for r in rows:
                 row = TaskRow(*r)
                 if statuses is None or (row.status or "") in statuses:
                     yield row
+
+    def outcomes_of(self, request_id: int, indices: list[int]) -> list[TaskRow]:
+        """The tasks among ``indices`` that have a final outcome, with it, in index order."""
+        found: list[TaskRow] = []
+        for start in range(0, len(indices), 500):
+            chunk = indices[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found += (TaskRow(*r) for r in self._db.execute(
+                "SELECT t.idx, t.args, r.attempt, r.status, r.value, r.error, r.cause, r.mac"
+                " FROM results r JOIN tasks t USING (request_id, idx)"
+                f" WHERE r.request_id = ? AND r.idx IN ({marks})", (request_id, *chunk)))
+        return sorted(found, key=lambda row: row.idx)
 
     def task_args(self, request_id: int, indices: list[int]) -> Iterator[tuple[int, bytes]]:
         """(index, args payload) of ``indices``, in their order, read a chunk at a time."""
@@ -578,3 +632,29 @@ class Store:
             "SELECT * FROM results WHERE request_id = ? AND idx = ?", (request_id, idx),
         ).fetchone()
         return row
+
+    def attempt_times(self, request_id: int) -> Iterator[sqlite3.Row]:
+        """Where and when every attempt ran: idx, attempt, status, host, pid, job, booted,
+        started, finished, and final (1: the task's outcome, 0: an earlier attempt).
+        ``booted`` is NULL in a file read as it is from before that column."""
+        booted = "booted" if "booted" in self.columns("results") else "NULL AS booted"
+        picked = f"idx, attempt, status, host, pid, job, {booted}, started, finished"
+        yield from self._read_all(
+            f"SELECT {picked}, 1 AS final FROM results WHERE request_id = :r UNION ALL"
+            f" SELECT {picked}, 0 FROM attempts WHERE request_id = :r", {"r": request_id})
+
+    def failed_attempts(self, request_id: int) -> Iterator[sqlite3.Row]:
+        """Every attempt that raised or was lost, final or earlier, in task order: idx,
+        attempt, status, cause, error, host, job, final."""
+        picked = "idx, attempt, status, cause, error, host, job"
+        yield from self._read_all(
+            f"SELECT {picked}, 1 AS final FROM results WHERE request_id = :r"
+            f" AND status != 'ok' UNION ALL SELECT {picked}, 0 FROM attempts"
+            " WHERE request_id = :r AND status != 'ok' ORDER BY idx, attempt",
+            {"r": request_id})
+
+    def _read_all(self, query: str, params: dict[str, object]) -> Iterator[sqlite3.Row]:
+        """The rows of ``query``, fetched a thousand at a time."""
+        cursor = self._db.execute(query, params)
+        while rows := cursor.fetchmany(1000):
+            yield from rows

@@ -7,6 +7,7 @@ file and starts the worker) and the worker (which reads both).
 from __future__ import annotations
 
 import os
+import time
 
 from sheepdog.record import Record
 
@@ -179,6 +180,24 @@ def task_index(scheduler: str, environ: Mapping[str, str]) -> int:
         raise BadEnvironment(
             f"{var}={value!r} is not a task index; was the job submitted as an array job?"
         ) from None
+
+
+def process_start(fallback: float) -> float:
+    """Unix time this process started, so the interpreter's own start counts (Linux:
+    /proc/self/stat's starttime); ``fallback`` where that cannot be read.
+
+    starttime is clock ticks since boot on CLOCK_BOOTTIME; the boot's unix time is
+    taken from that clock too, not from /proc/stat's btime, which is whole seconds
+    and would put a start up to 1 s early.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        ticks = int(stat.rsplit(b")", 1)[1].split()[19])  # field 22; comm may hold spaces
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):  # no /proc, no CLOCK_BOOTTIME
+        return fallback
+    return min(time.time() - since_boot, fallback)
 
 
 def job_reference(scheduler: str, environ: Mapping[str, str], array_index: int) -> str:

@@ -55,7 +55,7 @@ Outcome = tuple[int, int, str, str, Fields]  # index, attempt, status, cause, fi
 
 
 class Pilot:
-    def __init__(self, link: BrokerLink, job: JobFile, job_ref: str) -> None:
+    def __init__(self, link: BrokerLink, job: JobFile, job_ref: str, booted: float) -> None:
         self.link = link
         self.job = job
         self.job_ref = job_ref
@@ -63,6 +63,7 @@ class Pilot:
         self.holder = os.urandom(8).hex()
         self.host = _socket.gethostname()
         self.pid = os.getpid()
+        self.booted = f"{booted:.6f}"  # when this process started: see RESULT_FIELDS
         self.function: Any = None
         self.failure = ""  # why no task of this pilot can run (the function did not load)
         self.held: list[int] = []  # claimed, outcome not yet recorded: their leases matter
@@ -172,7 +173,7 @@ class Pilot:
                 fields["stdout"] = self.capture.stdout
             if self.capture.stderr:
                 fields["stderr"] = self.capture.stderr
-        fields.update(host=self.host, pid=str(self.pid), job=self.job_ref,
+        fields.update(host=self.host, pid=str(self.pid), job=self.job_ref, booted=self.booted,
                       started=f"{started:.6f}", finished=f"{time.time():.6f}")
         return status, cause, fields
 
@@ -222,5 +223,5 @@ class Pilot:
             attempt=attempt, status="error", cause="", fields=fields))
 
 
-def run_pilot(link: BrokerLink, job: JobFile, job_ref: str) -> int:
-    return Pilot(link, job, job_ref).run()
+def run_pilot(link: BrokerLink, job: JobFile, job_ref: str, booted: float) -> int:
+    return Pilot(link, job, job_ref, booted).run()

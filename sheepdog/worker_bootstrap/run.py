@@ -24,6 +24,7 @@ from sheepdog.worker_bootstrap.environment import (
     BadEnvironment,
     JobFile,
     job_reference,
+    process_start,
     task_index,
 )
 from sheepdog.worker_bootstrap.link import BrokerLink, BrokerUnavailable, Keeper, log
@@ -66,8 +67,10 @@ def load_function(func_payload: bytes, key: bytes) -> Any:
     return f
 
 
-def load_args(args_payload: bytes, key: bytes, index: int) -> list[Any]:
-    return codec.positional(codec.decode(args_payload, key, codec.args_context(index)))
+def load_args(args_payload: bytes, key: bytes, index: int
+              ) -> tuple[list[Any], dict[str, Any]]:
+    """The positional and keyword arguments of task ``index``."""
+    return codec.arguments(codec.decode(args_payload, key, codec.args_context(index)))
 
 
 def _user_traceback(exc: BaseException) -> str:
@@ -124,12 +127,14 @@ def _memory_error(exc: MemoryError, limit: int) -> str:
     )
 
 
-def call(f: Any, args: list[Any], key: bytes, limit: int | None, max_payload: int
-         ) -> tuple[str, str, Fields]:
-    """Run ``f(*args)`` under the memory limit: (status, cause, fields), whatever happens."""
+def call(f: Any, args: tuple[list[Any], dict[str, Any]], key: bytes, limit: int | None,
+         max_payload: int) -> tuple[str, str, Fields]:
+    """Run ``f(*args, **kwargs)`` under the memory limit: (status, cause, fields), whatever
+    happens."""
+    positional, keywords = args
     try:
         with memory_limit(limit):
-            value = f(*args)
+            value = f(*positional, **keywords)
     except MemoryError as exc:
         if limit is None:
             return "error", "", {"error": _user_traceback(exc)}
@@ -148,7 +153,8 @@ def call(f: Any, args: list[Any], key: bytes, limit: int | None, max_payload: in
 class Attempt:
     """One attempt at one task, from its claim to its record."""
 
-    def __init__(self, link: BrokerLink, job: JobFile, index: int, job_ref: str) -> None:
+    def __init__(self, link: BrokerLink, job: JobFile, index: int, job_ref: str,
+                 booted: float) -> None:
         self.link = link
         self.job = job
         self.index = index
@@ -157,6 +163,7 @@ class Attempt:
         self.holder = os.urandom(8).hex()  # not secrets: it imports more than it is worth here
         self.host = _socket.gethostname()
         self.pid = os.getpid()
+        self.booted = f"{booted:.6f}"  # when this process started: see RESULT_FIELDS
         self.started = time.time()
 
     def claim(self) -> ClaimReply:
@@ -212,7 +219,7 @@ class Attempt:
         return call(f, args, self.key, self.job.memory_limit, self.job.max_payload)
 
     def record(self, attempt: int, status: str, cause: str, fields: Fields) -> int:
-        fields.update(host=self.host, pid=str(self.pid), job=self.job_ref,
+        fields.update(host=self.host, pid=str(self.pid), job=self.job_ref, booted=self.booted,
                       started=f"{self.started:.6f}", finished=f"{time.time():.6f}")
         try:
             written = self._send(attempt, status, cause, fields)
@@ -266,8 +273,8 @@ def _own_claim(channel: TaskChannel, job: JobFile, index: int, attempt: int) -> 
     return ClaimReply("run", attempt, func, args, meta.get("python", ""))
 
 
-def run_task(link: BrokerLink, job: JobFile, index: int, job_ref: str) -> int:
-    attempt = Attempt(link, job, index, job_ref)
+def run_task(link: BrokerLink, job: JobFile, index: int, job_ref: str, booted: float) -> int:
+    attempt = Attempt(link, job, index, job_ref, booted)
     claim = attempt.claim()
     if claim.kind == "gone":
         log(f"request {job.request_id} is not on the broker {redact(job.broker_url)}"
@@ -286,6 +293,7 @@ def run_task(link: BrokerLink, job: JobFile, index: int, job_ref: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    booted = process_start(time.time())
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         log("usage: python -m sheepdog.worker_bootstrap JOB_FILE")
@@ -303,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         if job.mode == "workers":
             from sheepdog.worker_bootstrap.pilot import run_pilot
 
-            return run_pilot(link, job, job_ref)
-        return run_task(link, job, index, job_ref)
+            return run_pilot(link, job, job_ref, booted)
+        return run_task(link, job, index, job_ref, booted)
     except BrokerError as exc:
         log(f"giving up: {exc}")
         return EXIT_NOT_RECORDED
