@@ -3,6 +3,9 @@
 - ``sheepdog_home``: one private ``SHEEPDOG_HOME`` for the session, so the
   embedded default broker is started once by the code under test and stopped
   at the end.
+- ``no_user_config``: ``SHEEPDOG_CONFIG`` points at a file that does not exist
+  and ``SHEEPDOG_<KEY>`` variables are removed, so a developer's own profiles
+  and overrides never reach the suite.
 - ``server_url``: a separate valkey-server (or ``$SHEEPDOG_TEST_SERVER``,
   e.g. Debian's /usr/bin/redis-server) on a loopback TCP port with a password,
   standing for a shared broker; flushed before every test that uses it.
@@ -28,6 +31,7 @@ import pytest
 import redis
 
 from sheepdog.broker import embedded
+from sheepdog.submitter import profiles
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,6 +50,15 @@ def sheepdog_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("SHEEPDOG_HOME", str(home))
         yield home
     embedded.stop(home / "broker")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_user_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(profiles.CONFIG_ENV, str(tmp_path_factory.mktemp("config") / "absent.toml"))
+        for name in profiles.env_names():
+            mp.delenv(name, raising=False)
+        yield
 
 
 def wait_until_answering(proc: subprocess.Popen[bytes], client: redis.Redis,

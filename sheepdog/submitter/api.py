@@ -12,18 +12,17 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from sheepdog.errors import TaskErrors, TaskFailure
-from sheepdog.submitter import results
+from sheepdog.errors import ConfigError, TaskErrors, TaskFailure
+from sheepdog.submitter import profiles, results
 from sheepdog.submitter.config import Settings
-from sheepdog.submitter.resubmit import resubmit_request
+from sheepdog.submitter.resubmit import FIXED_KEYS, resubmit_request
 from sheepdog.submitter.schedulers import job_id_list
 from sheepdog.submitter.session import Session
 from sheepdog.submitter.submit import submit
 from sheepdog.submitter.supervise import cancel_request
 
-Config = Mapping[str, Any] | Settings | None
-
-_DEFAULT_DBFILE = Settings().dbfile
+#: A config dict, a Settings, or the name of a profile in the config file (``profiles``).
+Config = Mapping[str, Any] | Settings | str | None
 
 
 def map_async(
@@ -36,8 +35,9 @@ def map_async(
     ``f(1, 2)``); any other item is passed as the one argument. ``ns`` holds
     names ``f`` finds as globals when it runs (helper functions, constants).
     Collect with ``get_results(request_id, dbfile)``, from any later process.
+    ``config`` may name a profile of the config file (docs/configuration.md).
     """
-    with Session(Settings.from_config(config)) as session:
+    with Session(profiles.resolve(config)) as session:
         return submit(f, args, ns, session)
 
 
@@ -57,14 +57,14 @@ def map(
     first = list(itertools.islice(items, 1))
     if not first:
         return []
-    settings = Settings.from_config(config)
+    settings = profiles.resolve(config)
     with Session(settings) as session:  # one head-node connection for submit and wait
         request_id = submit(f, itertools.chain(first, items), ns, session)
         values, failures = _wait(request_id, settings.dbfile, session, verbose, timeout)
     if failures and raise_errors:
         raise TaskErrors(request_id, failures)
     if failures and verbose:
-        dbfile = "" if settings.dbfile == _DEFAULT_DBFILE else f", {settings.dbfile!r}"
+        dbfile = "" if settings.dbfile == _default_dbfile() else f", {settings.dbfile!r}"
         print(
             f"sheepdog: {len(failures)} of {len(values)} tasks of request {request_id} failed"
             f" (None in their places); see sheepdog.get_errors({request_id}{dbfile})"
@@ -72,6 +72,15 @@ def map(
             file=sys.stderr,
         )
     return values
+
+
+def _default_dbfile() -> str | None:
+    """The dbfile ``get_errors(request_id)`` reads; None if the config file is broken
+    (a Settings passed to map does not read it, and the tasks have run)."""
+    try:
+        return profiles.dbfile()
+    except ConfigError:
+        return None
 
 
 def _wait(request_id: int, dbfile: str, session: Session, verbose: bool,
@@ -105,8 +114,10 @@ def get_results(
     With ``block`` it waits until every task has an outcome; without, it
     returns what has arrived so far, with None for the tasks that have no
     outcome yet (as the original Sheepdog did). A failed task's result is None.
+    Without ``dbfile``: the default profile's (or ``$SHEEPDOG_DBFILE``), else
+    ./sheepdog.sqlite; the same for ``get_errors``, ``cancel`` and ``resubmit``.
     """
-    with results.open_request(request_id, dbfile or _DEFAULT_DBFILE) as request:
+    with results.open_request(request_id, dbfile or profiles.dbfile()) as request:
         if block:
             results.wait(request, verbose=verbose, timeout=timeout)
         else:
@@ -153,7 +164,7 @@ def get_errors(request_id: int, dbfile: str | None = None) -> list[tuple[Any, st
     Workers that asked for an index outside the request, and stream entries
     whose signature did not check out, appear as ``(None, reason)``.
     """
-    with results.open_request(request_id, dbfile or _DEFAULT_DBFILE) as request:
+    with results.open_request(request_id, dbfile or profiles.dbfile()) as request:
         results.collect_available(request)
         failed = results.outcomes(request, statuses=("error", "lost"), values=False)
         history = request.store.history(request_id)
@@ -174,7 +185,7 @@ def cancel(request_id: int, dbfile: str | None = None) -> int:
 
     Returns how many tasks were cancelled.
     """
-    with results.open_request(request_id, dbfile or _DEFAULT_DBFILE) as request:
+    with results.open_request(request_id, dbfile or profiles.dbfile()) as request:
         broker = request.connect()
         cancelled = cancel_request(request, broker, "cancelled by the user")
         request.session.scheduler().cancel(job_id_list(request.row.job_ids))
@@ -184,7 +195,7 @@ def cancel(request_id: int, dbfile: str | None = None) -> int:
 
 def resubmit(
     request_id: int, dbfile: str | None = None, *, failed: bool = True, lost: bool = True,
-    config: Mapping[str, Any] | None = None, verbose: bool = False,
+    config: Mapping[str, Any] | str | None = None, verbose: bool = False,
 ) -> int:
     """Run the failed and/or lost tasks of a finished request again; return how many.
 
@@ -194,7 +205,13 @@ def resubmit(
     replace the old ones in the same request: ``get_results(request_id)``
     waits for them and then shows the new values; the old ones stay in the
     history that ``get_errors`` reports. ``config`` changes settings for the
-    new run (e.g. ``{"ge_opts": ["-l mem_grab=8G"], "retries": 2}``).
+    new run (e.g. ``{"ge_opts": ["-l mem_grab=8G"], "retries": 2}``), or
+    names a profile whose own keys do (those naming where a request lives,
+    ``FIXED_KEYS``, are left out: it runs again where it was submitted).
+    Neither the default profile nor ``SHEEPDOG_*`` variables change a request's settings.
     """
-    return resubmit_request(request_id, dbfile or _DEFAULT_DBFILE, failed=failed, lost=lost,
+    if isinstance(config, str):
+        dbfile = dbfile or profiles.dbfile(config)
+        config = {k: v for k, v in profiles.profile(config).items() if k not in FIXED_KEYS}
+    return resubmit_request(request_id, dbfile or profiles.dbfile(), failed=failed, lost=lost,
                             config=config, verbose=verbose)
