@@ -6,9 +6,14 @@ payload signatures lives in ``credentials.json`` under ``paths.home()``, mode
 0600, one entry per broker id::
 
     {"brokers": {"<broker id>": {"url": "redis://:pw@host:6379/0", "key": "<hex>"}},
+     "requests": {"<request token>": "<hex>"},
      "urls": {"redis://:***@host:6379/0": "redis://:pw@host:6379/0"}}
 
 ``urls`` holds other URLs with passwords the dbfile names redacted (``rq_url``).
+``requests`` holds the keys of single requests brought in by ``sheepdog import``
+(see ``transfer``): a machine that receives a request gets its key, never the
+master key of its broker; a broker entry it receives (``--with-broker``) has a
+``url`` and no ``key``.
 
 Each request signs its payloads with its own key, derived from its token and
 the master key of the broker it was first submitted to (its *origin*), so a
@@ -32,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sheepdog.errors import IntegrityError
 from sheepdog.submitter import paths
 
 
@@ -74,13 +80,18 @@ def remember(broker_id: str, url: str) -> bytes:
         return bytes.fromhex(entry["key"])
 
 
-def lookup(broker_id: str) -> tuple[str, bytes] | None:
-    """(url, master key) recorded for ``broker_id`` on this machine, if any."""
+def lookup(broker_id: str) -> tuple[str, bytes | None] | None:
+    """(url, master key) recorded for ``broker_id`` on this machine, if any; the key is
+    None for a broker whose URL was handed over with a request (``receive``)."""
     with _locked(paths.credentials_file()) as data:
-        entry = data["brokers"].get(broker_id)
-        if not entry:
-            return None
-        return entry["url"], bytes.fromhex(entry["key"])
+        return _broker_entry(data, broker_id)
+
+
+def _broker_entry(data: dict[str, Any], broker_id: str) -> tuple[str, bytes | None] | None:
+    entry = data["brokers"].get(broker_id)
+    if not entry:
+        return None
+    return entry["url"], bytes.fromhex(entry["key"]) if "key" in entry else None
 
 
 def remember_url(url: str, redacted: str) -> None:
@@ -103,5 +114,37 @@ def request_key(master: bytes, token: str) -> bytes:
 
 def key_for(origin: str, token: str) -> bytes | None:
     """The key of the request ``token`` first submitted to broker ``origin``, if known here."""
-    known = lookup(origin)
-    return None if known is None else request_key(known[1], token)
+    with _locked(paths.credentials_file()) as data:
+        return _key_in(data, origin, token)
+
+
+def _key_in(data: dict[str, Any], origin: str, token: str) -> bytes | None:
+    given = data.get("requests", {}).get(token)
+    if given is not None:
+        return bytes.fromhex(given)
+    known = _broker_entry(data, origin)
+    return None if known is None or known[1] is None else request_key(known[1], token)
+
+
+def receive(origin: str, token: str, key: bytes, brokers: dict[str, str],
+            urls: dict[str, str]) -> None:
+    """Keep what an export file carries, in one atomic write: the request's own key, and
+    (``--with-broker``) broker URLs by broker id and other URLs by their redacted form.
+
+    A URL this machine already has is kept: it is this machine's own. A key that
+    differs from the one known here for the same request is refused.
+    """
+    with _locked(paths.credentials_file()) as data:
+        known = _key_in(data, origin, token)
+        if known is not None and not hmac.compare_digest(known, key):
+            raise IntegrityError(
+                f"the export's key for request token {token[:12]}... differs from the key"
+                f" this machine holds for it ({paths.credentials_file()}): it was not"
+                " exported from that request; nothing was imported"
+            )
+        if known is None:
+            data.setdefault("requests", {})[token] = key.hex()
+        for broker_id, url in brokers.items():
+            data["brokers"].setdefault(broker_id, {}).setdefault("url", url)
+        for redacted, url in urls.items():
+            data.setdefault("urls", {}).setdefault(redacted, url)
