@@ -30,7 +30,13 @@ _EXPORTS = {
     "get_errors": "sheepdog.submitter.api",
     "cancel": "sheepdog.submitter.api",
     "resubmit": "sheepdog.submitter.api",
+    "export_request": "sheepdog.submitter.transfer",
+    "import_request": "sheepdog.submitter.transfer",
     "TaskError": "sheepdog.submitter.api",
+    "Executor": "sheepdog.submitter.executor",
+    "imap": "sheepdog.submitter.stream",
+    "aimap": "sheepdog.submitter.stream",
+    "Call": "sheepdog.broker.codec",
     "Settings": "sheepdog.submitter.config",
     "SheepdogError": "sheepdog.errors",
     "ConfigError": "sheepdog.errors",
@@ -42,12 +48,15 @@ _EXPORTS = {
     "RequestFailed": "sheepdog.errors",
     "TaskErrors": "sheepdog.errors",
     "TaskFailure": "sheepdog.errors",
+    "TaskFailed": "sheepdog.errors",
     "ResultsTimeout": "sheepdog.errors",
+    "TransferError": "sheepdog.errors",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
+    from sheepdog.broker.codec import Call
     from sheepdog.errors import (
         BrokerError,
         ConfigError,
@@ -59,7 +68,9 @@ if TYPE_CHECKING:
         SheepdogError,
         SubmitError,
         TaskErrors,
+        TaskFailed,
         TaskFailure,
+        TransferError,
     )
     from sheepdog.submitter.api import (
         TaskError,
@@ -71,6 +82,9 @@ if TYPE_CHECKING:
         resubmit,
     )
     from sheepdog.submitter.config import Settings
+    from sheepdog.submitter.executor import Executor
+    from sheepdog.submitter.stream import aimap, imap
+    from sheepdog.submitter.transfer import export_request, import_request
 
 
 def __getattr__(name: str) -> Any:

@@ -115,10 +115,11 @@ def test_get_results_pairs_args_with_results_in_order(dbfile: str) -> None:
 
 def test_public_api_is_what_we_document() -> None:
     assert sheepdog.__all__ == sorted([
-        "BrokerError", "ConfigError", "IntegrityError", "RequestFailed", "RequestNotFound",
-        "ResultsTimeout", "SerialisationError", "Settings", "SheepdogError", "SubmitError",
-        "TaskError", "TaskErrors", "TaskFailure", "__version__", "cancel", "get_errors",
-        "get_results", "map", "map_async", "resubmit",
+        "BrokerError", "Call", "ConfigError", "Executor", "IntegrityError", "RequestFailed",
+        "RequestNotFound", "ResultsTimeout", "SerialisationError", "Settings", "SheepdogError",
+        "SubmitError", "TaskError", "TaskErrors", "TaskFailed", "TaskFailure", "TransferError",
+        "__version__", "aimap", "cancel", "export_request", "get_errors", "get_results",
+        "import_request", "imap", "map", "map_async", "resubmit",
     ])
     for name in sheepdog.__all__:
         assert getattr(sheepdog, name) is not None
