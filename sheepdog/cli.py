@@ -14,13 +14,39 @@ import redis
 
 from sheepdog.broker import embedded
 from sheepdog.errors import SheepdogError
-from sheepdog.submitter import api, paths, results
+from sheepdog.submitter import api, paths, profiles, results, transfer
 from sheepdog.submitter.config import Settings
+from sheepdog.submitter.doctor import OK, PROBE_TIMEOUT, run_checks
 from sheepdog.submitter.store import Store
 
-DBFILE = click.option(
-    "--dbfile", default=Settings().dbfile, show_default=True, help="SQLite file of the requests."
-)
+_PROFILE = "sheepdog_profile"  # where --profile waits in ctx.meta for --dbfile's callback
+
+
+def _remember_profile(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[_PROFILE] = value
+
+
+def _dbfile_of(ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    """An explicit --dbfile, else the dbfile of --profile (or of the default profile)."""
+    if value is not None:
+        return value
+    try:
+        return profiles.dbfile(ctx.meta.get(_PROFILE))
+    except SheepdogError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def DBFILE(command: Callable[..., Any]) -> Callable[..., Any]:  # upper case: read as an option
+    """``--dbfile`` and ``--profile``; the command gets ``dbfile`` alone, the profile's applied."""
+    command = click.option(
+        "--dbfile", default=None, callback=_dbfile_of,
+        help="SQLite file of the requests.  [default: the profile's dbfile, else"
+             f" {Settings().dbfile}]",
+    )(command)
+    return click.option(
+        "--profile", default=None, is_eager=True, expose_value=False,
+        callback=_remember_profile, help="Profile of the config file whose dbfile to use.",
+    )(command)
 
 
 def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,7 +82,7 @@ def _demo_square(x: int) -> int:
 @_fail_cleanly
 def demo(tasks: int, dbfile: str) -> None:
     """Run the quickstart on this machine, through the embedded broker."""
-    config = {"dbfile": dbfile}
+    config = Settings.from_config({"dbfile": dbfile})  # not a profile's cluster: this machine
     args = [(1, 1), (1, 2), (2, 2)]
     click.echo(f"sheepdog.map(f, {args}) where f(a, b) = a + b")
     click.echo(f"  -> {api.map(_demo_f, args, config)}")
@@ -153,6 +179,21 @@ def errors(request_id: int, dbfile: str) -> None:
 @main.command()
 @click.argument("request_id", type=int)
 @DBFILE
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write.  [default: sheepdog-report-ID.html]")
+@_fail_cleanly
+def report(request_id: int, dbfile: str, output: str | None) -> None:
+    """Write one self-contained HTML page about a request: counts, run times, a timeline
+    of the workers, the slowest tasks and every failure. Reads the dbfile only."""
+    from sheepdog.submitter.report import write_report  # matplotlib comes with it
+
+    written = write_report(request_id, dbfile, output or f"sheepdog-report-{request_id}.html")
+    click.echo(str(written))
+
+
+@main.command()
+@click.argument("request_id", type=int)
+@DBFILE
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 @_fail_cleanly
 def collect(request_id: int, dbfile: str, timeout: float | None) -> None:
@@ -200,6 +241,44 @@ def resubmit(request_id: int, dbfile: str, failed: bool, lost: bool) -> None:
         click.echo(f"request {request_id}: nothing to run again")
 
 
+@main.command("export")
+@click.argument("request_id", type=int)
+@DBFILE
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="File to write; it must not exist.  [default: sheepdog-request-ID.sqlite]")
+@click.option("--with-broker", is_flag=True,
+              help="For a request that is not finished: also write its broker's URL WITH THE"
+                   " PASSWORD, so the other machine can collect it. Whoever has the file can"
+                   " then use that broker. Not for the embedded broker.")
+@_fail_cleanly
+def export_command(request_id: int, dbfile: str, output: str | None, with_broker: bool) -> None:
+    """Write one request to one file, to read or collect it on another machine.
+
+    The file is a dbfile holding only that request, and its own key (mode
+    0600): the key opens this request's pickled results and nothing else -
+    never the broker's master key. Read it there after `sheepdog import FILE`.
+    """
+    for line in transfer.write_export(request_id, dbfile, output,
+                                      with_broker=with_broker).lines():
+        click.echo(line)
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@DBFILE
+@_fail_cleanly
+def import_command(path: str, dbfile: str) -> None:
+    """Add the request of a file from `sheepdog export` to the dbfile, and its key here.
+
+    Its id is kept unless another request has it (then it gets the next free
+    one); importing the same request again replaces it, never duplicates it.
+    Import only files from people whose code you would run: its key lets its
+    pickled results be unpickled here.
+    """
+    for line in transfer.read_export(path, dbfile).lines():
+        click.echo(line)
+
+
 @main.group()
 def broker() -> None:
     """The embedded broker (used when no broker_url is configured)."""
@@ -219,5 +298,55 @@ def broker_stop() -> None:
     """Stop the embedded broker (its data is kept on disk)."""
     stopped = embedded.stop(paths.embedded_broker_dir())
     click.echo("embedded broker stopped" if stopped else "embedded broker was not running")
+
+
+@main.command("doctor")
+@click.option("--profile", default=None, help="Profile of the config file to check."
+              "  [default: the default profile]")
+@click.option("--dbfile", default=None, help="SQLite file the probe request is kept in."
+              "  [default: the profile's dbfile]")
+@click.option("--probe-timeout", type=float, default=PROBE_TIMEOUT, show_default=True,
+              help="Seconds the probe job may take to run.")
+@_fail_cleanly
+def doctor_command(profile: str | None, dbfile: str | None, probe_timeout: float) -> None:
+    """Check a config before a real run: broker, SSH, scheduler, and a one-task probe job.
+
+    One line per check (ok, FAIL with the cause and the fix, or skip); exit
+    status 0 only if every check passed. docs/doctor.md describes each check.
+    """
+    passed = True
+    for check in run_checks(profile, dbfile=dbfile, probe_timeout=probe_timeout):
+        click.echo(check.line())
+        passed = passed and check.status == OK
+    sys.exit(0 if passed else 1)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Profiles: the config file, and the settings in effect with their sources."""
+
+
+@config_group.command("show")
+@click.argument("profile", required=False)
+@_fail_cleanly
+def config_show(profile: str | None) -> None:
+    """Each setting in effect (for PROFILE, else the default) and where it came from.
+
+    Layers, lowest first: defaults, [default], [PROFILE], SHEEPDOG_<KEY>
+    environment variables. Passwords are masked.
+    """
+    path = profiles.config_file()
+    click.echo(f"# config file: {path} ({'exists' if path.is_file() else 'does not exist'})")
+    click.echo(f"# profile: {profile or profiles.DEFAULT_PROFILE}")
+    for source in profiles.explain(profile):
+        value = list(source.value) if isinstance(source.value, tuple) else source.value
+        click.echo(f"{source.key} = {value!r}  # {source.origin}")
+    profiles.resolve(profile)  # values wrong together: one error line after the list
+
+
+@config_group.command("path")
+def config_path() -> None:
+    """The config file's path ($SHEEPDOG_CONFIG, else the user config directory)."""
+    click.echo(str(profiles.config_file()))
 if __name__ == "__main__":
     main()
