@@ -284,8 +284,11 @@ class Store:
         self.readonly = readonly or not os.access(self.path, os.W_OK)
         if self.readonly:
             target = f"file:{self.path}?mode=ro"
+        # Not tied to its thread: a result stream (imap) dropped without being closed
+        # is closed by the garbage collector in whatever thread runs it. A Store is still
+        # used by one thread at a time; SQLite itself is built serialized.
         self._db = sqlite3.connect(target, timeout=BUSY_TIMEOUT, isolation_level=None,
-                                   uri=target.startswith("file:"))
+                                   uri=target.startswith("file:"), check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         try:
             self.store_id = self._open()
