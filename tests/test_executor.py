@@ -60,6 +60,21 @@ def test_futures_work_with_the_standard_wait_and_as_completed(dbfile: str) -> No
     assert sorted(f.task for f in futures) == list(range(1, 31))  # type: ignore[attr-defined]
 
 
+def test_a_loop_of_submits_is_one_batch_however_long_it_takes(dbfile: str) -> None:
+    """A loop slower than batch_delay still makes one request: the batch goes out once
+    submits pause for batch_delay (here 0.2 s of submitting, with 0.01 s gaps)."""
+    with sheepdog.Executor({"dbfile": dbfile}, batch_delay=0.05) as executor:
+        futures = []
+        for i in range(20):
+            futures.append(executor.submit(scaled, i + 4))
+            time.sleep(0.01)
+        assert [f.result(timeout=60) for f in futures] == list(range(4, 24))
+        time.sleep(0.1)
+        later = executor.submit(scaled, 2)  # after a pause: a request of its own
+        assert later.result(timeout=60) == 2
+    assert requests_in(dbfile) == [(executor.request_ids[0], 20), (executor.request_ids[1], 1)]
+
+
 def test_a_failed_task_carries_the_remote_traceback(dbfile: str) -> None:
     with sheepdog.Executor({"dbfile": dbfile}) as executor:
         future = executor.submit(scaled, 3, scale=7)

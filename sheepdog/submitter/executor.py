@@ -4,8 +4,9 @@
 thread per executor does everything else, so the broker, the dbfile and the
 SSH connection are only ever used from it:
 
-- calls queued within ``batch_delay`` of the first go out together, as one
-  request (one array job, one broker push) per function;
+- calls go out together, as one request (one array job, one broker push) per
+  function, once none has been queued for ``batch_delay`` - a loop of submits
+  is one batch however long it takes - or ``MAX_WAIT`` after the first;
 - every open request is followed with ``results.Follower`` - lost tasks are
   retried, outages waited out, exactly as for ``map`` - and each future is
   resolved as its task's outcome reaches the dbfile;
@@ -39,8 +40,11 @@ from sheepdog.submitter.store import TaskRow
 from sheepdog.submitter.submit import submit as submit_request
 from sheepdog.submitter.supervise import say_on_stderr
 
-#: Seconds the first queued call waits for others to go out with it.
+#: Seconds without a new call after which the queued calls go out together.
 BATCH_DELAY = 0.05
+
+#: Seconds the first queued call waits at most, however fast calls keep coming.
+MAX_WAIT = 2.0
 
 #: Calls sent as one request at most.
 MAX_BATCH = 100_000
@@ -117,7 +121,7 @@ class Executor(_BaseExecutor):
 
     ``config`` and ``ns`` are those of ``sheepdog.map`` (a dict, a profile
     name, or None for the default profile). Calls submitted close together
-    (within ``batch_delay`` seconds) go out as one array job per function.
+    (no gap of ``batch_delay`` seconds) go out as one array job per function.
     Futures work with ``concurrent.futures.wait`` and ``as_completed``, and
     with asyncio through ``asyncio.wrap_future``. A failed task's future
     raises ``TaskFailed``, carrying the remote traceback.
@@ -133,7 +137,8 @@ class Executor(_BaseExecutor):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queued: list[_Call] = []
-        self._queued_at = 0.0
+        self._queued_at = 0.0  # when the first queued call came
+        self._last_at = 0.0  # when the latest did
         self._cancels: list[tuple[SheepdogFuture, threading.Event, list[bool]]] = []
         self._cancel_all = False
         self._closing = False
@@ -153,8 +158,9 @@ class Executor(_BaseExecutor):
                 raise RuntimeError(f"the Executor stopped: {self._failure}")
             if self._closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            self._last_at = time.monotonic()
             if not self._queued:
-                self._queued_at = time.monotonic()
+                self._queued_at = self._last_at
             self._queued.append(_Call(fn, _item(args, kwargs), future))
             self._start()
             self._wake.notify()
@@ -246,7 +252,7 @@ class Executor(_BaseExecutor):
             while not (self._open or self._cancels or self._closing or self._due()):
                 wait = None
                 if self._queued:
-                    wait = max(0.0, self._queued_at + self.batch_delay - time.monotonic())
+                    wait = max(0.0, self._send_at() - time.monotonic())
                 self._wake.wait(wait)
             calls: list[_Call] = []
             if self._due() or self._closing:
@@ -259,7 +265,11 @@ class Executor(_BaseExecutor):
     def _due(self) -> bool:
         return bool(self._queued) and (
             len(self._queued) >= MAX_BATCH
-            or time.monotonic() >= self._queued_at + self.batch_delay)
+            or time.monotonic() >= self._send_at())
+
+    def _send_at(self) -> float:
+        """When the queued calls go out: after a quiet ``batch_delay``, or ``MAX_WAIT``."""
+        return min(self._last_at + self.batch_delay, self._queued_at + MAX_WAIT)
 
     def _send(self, session: Session, calls: list[_Call]) -> None:
         by_function: dict[int, list[_Call]] = {}
