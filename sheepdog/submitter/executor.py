@@ -274,21 +274,32 @@ class Executor(_BaseExecutor):
     def _send(self, session: Session, calls: list[_Call]) -> None:
         by_function: dict[int, list[_Call]] = {}
         for call in calls:
-            problem = _unpicklable(call.item)
-            if problem is not None:
-                call.future.set_exception(problem)
-            else:
-                by_function.setdefault(id(call.fn), []).append(call)
+            by_function.setdefault(id(call.fn), []).append(call)
         for group in by_function.values():
-            try:
-                request_id = submit_request(group[0].fn, [c.item for c in group], self.ns,
-                                            session)
-            except Exception as exc:  # the function cannot be pickled, the job was refused
-                for call in group:
-                    call.future.set_exception(exc)
-                continue
-            self.request_ids.append(request_id)
-            self._track(session, request_id, group)
+            self._send_group(session, group)
+
+    def _send_group(self, session: Session, group: list[_Call]) -> None:
+        """One request for ``group``; calls whose arguments cannot be pickled fail alone
+        (looked for only when the submit failed: each is pickled once otherwise)."""
+        try:
+            request_id = submit_request(group[0].fn, [c.item for c in group], self.ns, session)
+        except SerialisationError as exc:
+            problems = [_unpicklable(call.item) for call in group]
+            if not any(problems):  # the function itself, then
+                _fail(group, exc)
+                return
+            for call, problem in zip(group, problems, strict=True):
+                if problem is not None:
+                    call.future.set_exception(problem)
+            rest = [call for call, problem in zip(group, problems, strict=True) if not problem]
+            if rest:
+                self._send_group(session, rest)
+            return
+        except Exception as exc:  # e.g. the scheduler refused the job
+            _fail(group, exc)
+            return
+        self.request_ids.append(request_id)
+        self._track(session, request_id, group)
 
     def _track(self, session: Session, request_id: int, group: list[_Call]) -> None:
         stack = contextlib.ExitStack()
@@ -384,6 +395,11 @@ class Executor(_BaseExecutor):
             print(f"sheepdog: the program ends with request(s) {ids} of an Executor still"
                   f" running; collect them with sheepdog.get_results(ID) or `sheepdog collect"
                   f" ID`", file=sys.stderr)
+
+
+def _fail(calls: list[_Call], error: BaseException) -> None:
+    for call in calls:
+        call.future.set_exception(error)
 
 
 def _settle(future: SheepdogFuture, request: OpenRequest, row: TaskRow,
