@@ -222,8 +222,8 @@ class Broker:
         claim = Claim.parse(text.decode()) if text else None  # type: ignore[union-attr]
         if claim is not None and claim.holder != "-":
             return False
-        fields = {"error": reason, "started": f"{time.time():.6f}",
-                  "finished": f"{time.time():.6f}"}
+        now = f"{time.time():.6f}"
+        fields = {"error": reason, "started": now, "finished": now}
         written = self.tasks.record(request_id, token, index, key=key, holder="-",
                                     attempt=(claim.attempt if claim else 0) + 1,
                                     status="lost", cause="cancelled", fields=fields,

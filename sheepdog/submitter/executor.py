@@ -29,10 +29,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
 from sheepdog.broker import codec
-from sheepdog.errors import SerialisationError, SheepdogError, TaskFailed
+from sheepdog.errors import SerialisationError, SheepdogError
 from sheepdog.submitter import profiles, results, stream
 from sheepdog.submitter.request import OpenRequest, open_request
 from sheepdog.submitter.session import Session
@@ -105,14 +103,13 @@ def _item(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
 
 
 def _unpicklable(item: object) -> SerialisationError | None:
-    """Why ``item`` cannot be sent, checked alone so that it fails only its own future."""
-    if codec._pack_plain(item) is not None:
-        return None
+    """Why ``item`` cannot be sent, checked alone so that it fails only its own future
+    (encoded as a submit would, under a throwaway key)."""
     try:
-        cloudpickle.dumps(item)
-    except Exception as exc:
-        return SerialisationError(f"cannot serialise the arguments ({item!r:.80}):"
-                                  f" {type(exc).__name__}: {exc}")
+        codec.encode(item, b"check", codec.args_context(0),
+                     what=lambda: f"arguments ({item!r:.80})")
+    except SerialisationError as exc:
+        return exc
     return None
 
 
@@ -154,10 +151,7 @@ class Executor(_BaseExecutor):
             raise TypeError(f"fn must be callable, got {type(fn).__name__} {fn!r}")
         future = SheepdogFuture(self)
         with self._lock:
-            if self._failure is not None:
-                raise RuntimeError(f"the Executor stopped: {self._failure}")
-            if self._closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._refuse_when_closed()
             self._last_at = time.monotonic()
             if not self._queued:
                 self._queued_at = self._last_at
@@ -172,12 +166,19 @@ class Executor(_BaseExecutor):
         results in order, lazily; a failed call raises ``TaskFailed`` when reached.
         ``chunksize`` is accepted and ignored (workers already take tasks in batches)."""
         with self._lock:
-            if self._closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._refuse_when_closed()
         found = stream.imap(fn, zip(*iterables, strict=False), self.settings, self.ns,
                             raise_errors=True, verbose=self.verbose, timeout=timeout)
         self.request_ids.append(found.request_id)
         return found
+
+    def _refuse_when_closed(self) -> None:
+        """New calls after shutdown, or after the thread stopped, are refused (holding
+        the lock)."""
+        if self._failure is not None:
+            raise RuntimeError(f"the Executor stopped: {self._failure}")
+        if self._closing:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -405,17 +406,16 @@ def _fail(calls: list[_Call], error: BaseException) -> None:
 def _settle(future: SheepdogFuture, request: OpenRequest, row: TaskRow,
             key: bytes | None) -> None:
     try:
-        outcome = results.decoded(request, row, key, args=False, value=row.status == "ok")
+        value, failure = results.value_or_failure(request, row, key)
     except SheepdogError as exc:
         future.set_exception(exc)
         return
-    if outcome.status == "ok":
-        future.set_result(outcome.value)
-    elif row.cause == "cancelled" and outcome.error == CANCEL_REASON:
+    if failure is None:
+        future.set_result(value)
+    elif row.cause == "cancelled" and row.error == CANCEL_REASON:
         future._mark_cancelled()
     else:
-        future.set_exception(TaskFailed(request.request_id, row.idx, row.status or "lost",
-                                        row.error or "", row.attempt or 0))
+        future.set_exception(failure)
 
 
 _LIVE: weakref.WeakSet[Executor] = weakref.WeakSet()

@@ -33,6 +33,7 @@ from sheepdog.errors import (
     ResultsTimeout,
     SerialisationError,
     SheepdogError,
+    TaskFailed,
 )
 from sheepdog.submitter import repush
 from sheepdog.submitter.collator import Collator, StreamNotOurs
@@ -357,14 +358,16 @@ def _collate_until_done(request: OpenRequest, verbose: bool, timeout: float | No
 # -- decoding ------------------------------------------------------------------
 
 
-def _key_or_none(request: OpenRequest) -> bytes | None:
+def key_or_none(request: OpenRequest) -> bytes | None:
+    """The request's key, or None if this machine has none (plain values need none)."""
     try:
         return request.key
     except SheepdogError:
         return None
 
 
-def _decode_args(data: bytes, key: bytes | None, index: int) -> Any:
+def decode_args(data: bytes, key: bytes | None, index: int) -> Any:
+    """Task ``index``'s arguments; a pickled payload only with ``key`` to check it."""
     if key is None:
         if codec.is_plain(data):
             return codec.decode_checked(data)
@@ -407,7 +410,7 @@ def iter_outcomes(request: OpenRequest, *, statuses: tuple[str, ...] | None = No
                   ) -> Iterator[Outcome]:
     """``outcomes`` one at a time, read from the dbfile as they are used; ``args`` says,
     by status, whether a task's arguments are wanted (else they are None)."""
-    key = _key_or_none(request)
+    key = key_or_none(request)
     for row in request.store.iter_tasks(request.request_id, statuses=statuses, values=values):
         yield decoded(request, row, key, args=args(row.status), value=values)
 
@@ -417,7 +420,7 @@ def decoded(request: OpenRequest, row: TaskRow, key: bytes | None, *, args: bool
     """One task read from the dbfile as the caller sees it (``key``: the request's, if
     this machine has it); ``args``/``value`` say whether to decode those."""
     try:
-        item = _decode_args(row.args, key, row.idx) if args else None
+        item = decode_args(row.args, key, row.idx) if args else None
         result = _decode_value(row, key, request.row.token) if value else None
     except SerialisationError as exc:
         raise SerialisationError(f"request {request.request_id}, task {row.idx}: {exc}"
@@ -427,9 +430,15 @@ def decoded(request: OpenRequest, row: TaskRow, key: bytes | None, *, args: bool
     return Outcome(row.idx, item, row.status, result, row.error, row.attempt)
 
 
-def key_or_none(request: OpenRequest) -> bytes | None:
-    """The request's key, or None if this machine has none (plain values need none)."""
-    return _key_or_none(request)
+def value_or_failure(request: OpenRequest, row: TaskRow, key: bytes | None
+                     ) -> tuple[Any, TaskFailed | None]:
+    """A finished task's result, or the ``TaskFailed`` it stands for (a future's
+    exception, what ``imap(raise_errors=True)`` raises)."""
+    outcome = decoded(request, row, key, args=False, value=row.status == "ok")
+    if outcome.status == "ok":
+        return outcome.value, None
+    return None, TaskFailed(request.request_id, row.idx, row.status or "lost",
+                            row.error or "", row.attempt or 0)
 
 
 def incidents(request: OpenRequest) -> list[str]:

@@ -88,15 +88,12 @@ class _Reader:
         self.next_index = 1  # ordered: the next task to give out
 
     def item(self, row: TaskRow) -> Any:
-        outcome = results.decoded(self.request, row, self.key, args=False,
-                                  value=row.status == "ok")
-        if outcome.status != "ok":
+        value, failure = results.value_or_failure(self.request, row, self.key)
+        if failure is not None:
             self.failures += 1
             if self.raise_errors:
-                return _Raise(TaskFailed(self.request.request_id, row.idx,
-                                         row.status or "lost", row.error or "",
-                                         row.attempt or 0))
-        return outcome.value if self.ordered else (row.idx - 1, outcome.value)
+                return _Raise(failure)
+        return value if self.ordered else (row.idx - 1, value)
 
     def in_order(self) -> list[Any]:
         """The finished tasks from ``next_index`` on, up to the first unfinished one."""

@@ -11,9 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sheepdog.broker import codec
 from sheepdog.errors import SheepdogError
-from sheepdog.submitter import credentials
+from sheepdog.submitter import credentials, results
 from sheepdog.submitter.store import RequestRow, Store
 
 #: Rows of the slowest-tasks table.
@@ -176,14 +175,8 @@ def args_repr(payload: bytes, key: bytes | None, idx: int) -> str:
     """The repr of a task's arguments, cut to ``ARGS_CHARS``; '(pickled)' when they
     cannot be loaded here (no key to check them, or a module they need is missing)."""
     try:
-        if codec.is_plain(payload):
-            value = codec.decode_checked(payload)  # plain msgpack: loading runs no code
-        elif key is None:
-            return "(pickled)"
-        else:
-            value = codec.decode(payload, key, codec.args_context(idx))
-        text = repr(value)
-    except Exception:  # whatever unpickling raises, the report goes on
+        text = repr(results.decode_args(payload, key, idx))
+    except Exception:  # no key, or whatever unpickling raises: the report goes on
         return "(pickled)"
     return text if len(text) <= ARGS_CHARS else text[: ARGS_CHARS - 1] + "…"
 
