@@ -50,7 +50,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sheepdog.errors import RequestNotFound, SheepdogError
 
@@ -68,6 +68,11 @@ BUSY_TIMEOUT = 30.0
 
 #: Rows per INSERT batch when a request's tasks are stored.
 INSERT_BATCH = 10_000
+
+#: Indices per ``IN (...)`` list.
+IN_CHUNK = 500
+
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -219,11 +224,17 @@ def _count_in(db: sqlite3.Connection, rows: list[dict[str, object]], query: str)
         by_request.setdefault(row["request_id"], set()).add(row["idx"])
     for request_id, indices in by_request.items():
         listed = sorted(indices)  # type: ignore[type-var]
-        for start in range(0, len(listed), 500):
-            chunk = listed[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(listed):
             found += db.execute(query.format(marks=marks), (request_id, *chunk)).fetchone()[0]
     return found
+
+
+def _in_chunks(indices: list[_T]) -> Iterator[tuple[list[_T], str]]:
+    """``indices`` a chunk at a time, each with its ``?,?,...`` for an ``IN (...)``
+    (well under SQLite's limit on bound parameters)."""
+    for start in range(0, len(indices), IN_CHUNK):
+        chunk = indices[start : start + IN_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def stream_key(entry_id: str) -> int:
@@ -482,9 +493,7 @@ class Store:
     def restart_tasks(self, request_id: int, indices: list[int], firsts: dict[int, int]) -> None:
         """Move the outcomes of ``indices`` to history; their next attempt is ``firsts[i]``."""
         with self._transaction() as db:
-            for start in range(0, len(indices), 500):
-                chunk = indices[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _in_chunks(indices):
                 db.execute(
                     "INSERT OR REPLACE INTO attempts (request_id, idx, attempt, status, cause,"
                     " error, host, pid, job, started, finished, stdout, stderr, booted)"
@@ -564,9 +573,7 @@ class Store:
     def outcomes_of(self, request_id: int, indices: list[int]) -> list[TaskRow]:
         """The tasks among ``indices`` that have a final outcome, with it, in index order."""
         found: list[TaskRow] = []
-        for start in range(0, len(indices), 500):
-            chunk = indices[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(indices):
             found += (TaskRow(*r) for r in self._db.execute(
                 "SELECT t.idx, t.args, r.attempt, r.status, r.value, r.error, r.cause, r.mac"
                 " FROM results r JOIN tasks t USING (request_id, idx)"
@@ -575,9 +582,7 @@ class Store:
 
     def task_args(self, request_id: int, indices: list[int]) -> Iterator[tuple[int, bytes]]:
         """(index, args payload) of ``indices``, in their order, read a chunk at a time."""
-        for start in range(0, len(indices), 500):
-            chunk = indices[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(indices):
             rows = dict(self._db.execute(
                 f"SELECT idx, args FROM tasks WHERE request_id = ? AND idx IN ({marks})",
                 (request_id, *chunk)).fetchall())
