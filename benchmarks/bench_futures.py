@@ -84,8 +84,10 @@ from bench_local import (
     Outcome,
     SheepdogPeer,
     Skip,
+    check_results,
     chosen_rows,
     median_of,
+    recorded,
     report_leftovers,
 )
 
@@ -366,30 +368,17 @@ def measure_row(row: Row, n: int, repeats: int) -> Timed:
     """Set the row up, warm it up untimed, then time ``repeats`` runs of ``n`` calls."""
     outcome = Timed(row.name, row.note)
     expected = [add_double(i) for i in range(n)]
-    try:
+    with recorded(outcome, row.close):
         row.setup()
         row.run(min(n, WARM_UP))
         for repeat in range(1, repeats + 1):
             run = row.run(n)
-            if run.results != expected:
-                wrong = sum(r != e for r, e in zip(run.results, expected, strict=False))
-                raise RuntimeError(f"{wrong} of {n} results are wrong")
+            check_results(run.results, expected)
             outcome.times.append(run.seconds)
             if run.first is not None:
                 outcome.firsts.append(run.first)
             print(f"  {row.name}: repeat {repeat}/{repeats}: {run.seconds:.2f} s", flush=True)
-    except Skip as exc:
-        outcome.problem = f"skipped: {exc}"
-    except Exception as exc:
-        outcome.problem = f"failed: {type(exc).__name__}: {exc}"
-    finally:
-        try:
-            row.close()
-        except Exception as exc:
-            outcome.problem = outcome.problem or f"failed at cleanup: {type(exc).__name__}: {exc}"
     outcome.note = row.note  # a run may say more about what it did
-    if outcome.problem:
-        print(f"  {row.name}: {outcome.problem}", flush=True)
     return outcome
 
 

@@ -510,32 +510,46 @@ class Outcome:
     problem: str = ""  # "skipped: ..." or "failed: ..."
 
 
-def measure(peer: Peer, items: Items, repeats: int) -> Outcome:
-    outcome = Outcome(peer.name, peer.note)
-    expected = [a + b for a, b in items]
+def check_results(results: list[Any], expected: list[Any]) -> None:
+    """A run whose results are not the expected ones fails its row."""
+    if results != expected:
+        wrong = sum(r != e for r, e in zip(results, expected, strict=False))
+        raise RuntimeError(f"{wrong} of {len(expected)} results are wrong")
+
+
+@contextlib.contextmanager
+def recorded(outcome: Outcome, close: Callable[[], None]) -> Iterator[None]:
+    """Run a row's repeats: a Skip or an error ends them as the outcome's problem
+    (said on stdout), and ``close`` runs whatever happened."""
     try:
-        peer.setup()
-        outcome.note = peer.note  # setup may say more about what it runs
-        for repeat in range(1, repeats + 1):
-            start = time.perf_counter()
-            results = peer.run(items)
-            seconds = time.perf_counter() - start
-            if results is not None and results != expected:
-                wrong = sum(r != e for r, e in zip(results, expected, strict=False))
-                raise RuntimeError(f"{wrong} of {len(expected)} results are wrong")
-            outcome.times.append(seconds)
-            print(f"  {peer.name}: repeat {repeat}/{repeats}: {seconds:.2f} s", flush=True)
+        yield
     except Skip as exc:
         outcome.problem = f"skipped: {exc}"
     except Exception as exc:
         outcome.problem = f"failed: {type(exc).__name__}: {exc}"
     finally:
         try:
-            peer.close()
+            close()
         except Exception as exc:
             outcome.problem = outcome.problem or f"failed at cleanup: {type(exc).__name__}: {exc}"
     if outcome.problem:
-        print(f"  {peer.name}: {outcome.problem}", flush=True)
+        print(f"  {outcome.name}: {outcome.problem}", flush=True)
+
+
+def measure(peer: Peer, items: Items, repeats: int) -> Outcome:
+    outcome = Outcome(peer.name, peer.note)
+    expected = [a + b for a, b in items]
+    with recorded(outcome, peer.close):
+        peer.setup()
+        outcome.note = peer.note  # setup may say more about what it runs
+        for repeat in range(1, repeats + 1):
+            start = time.perf_counter()
+            results = peer.run(items)
+            seconds = time.perf_counter() - start
+            if results is not None:
+                check_results(results, expected)
+            outcome.times.append(seconds)
+            print(f"  {peer.name}: repeat {repeat}/{repeats}: {seconds:.2f} s", flush=True)
     return outcome
 
 
