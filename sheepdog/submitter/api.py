@@ -190,7 +190,6 @@ def cancel(request_id: int, dbfile: str | None = None) -> int:
         cancelled = cancel_request(request, broker, "cancelled by the user")
         request.session.scheduler().cancel(job_id_list(request.row.job_ids))
         results.collect_available(request)
-        results.finalise(request)  # the dbfile says cancelled; job files and broker user go
         return max(cancelled, 0)
 
 
